@@ -1,0 +1,3 @@
+from pyinit.init import main
+
+main()

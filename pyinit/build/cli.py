@@ -1,0 +1,212 @@
+"""mkinitramfs.py: build an initramfs image around the pyinit init.
+
+    mkinitramfs.py -o OUTPUT [--kver KVER] [--kmoddir DIR] [--add-drivers "m1 m2"]
+                   [--compress zstd|gzip|xz|none] [--python PATH] [--include SRC DST] [--force]
+    mkinitramfs.py --list IMAGE
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+import time
+from dataclasses import dataclass
+
+from pyinit import libfind
+from pyinit.build import compress, cpio, elfdeps, image, kmodules, pyruntime
+from pyinit.kmod import INDEX_NAME
+
+SKELETON = os.path.join(pyruntime.PYINIT_SRC, "rootfs-skel")
+API_DIRS = ("/proc", "/sys", "/dev", "/run", "/sysroot", "/tmp")
+
+
+class BuildError(Exception):
+    """Any bad input: reported as one line, exit status 1."""
+
+
+@dataclass
+class Config:
+    output: str
+    kver: str
+    kmoddir: str
+    drivers: list[str]
+    compression: str
+    level: int | None
+    python: str | None
+    includes: list[tuple[str, str]]
+    force: bool
+    mtime: int
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mkinitramfs.py", description=__doc__.splitlines()[0])
+    parser.add_argument("-o", "--output", help="the image to write")
+    parser.add_argument("--kver", help="kernel version (default: the running kernel)")
+    parser.add_argument("--kmoddir", help="modules directory (default: /lib/modules/KVER)")
+    parser.add_argument("--add-drivers", action="append", default=[], metavar='"M1 M2"',
+                        help="modules (names or aliases) to include, with their dependencies")
+    parser.add_argument("--compress", default="zstd", choices=compress.FORMATS)
+    parser.add_argument("--compress-level", type=int, default=None)
+    parser.add_argument("--python", help="the interpreter to ship (default: this one)")
+    parser.add_argument("--include", nargs=2, action="append", default=[], metavar=("SRC", "DST"),
+                        help="copy a host file into the image (ELF files with their libraries)")
+    parser.add_argument("--force", action="store_true", help="replace an existing image")
+    parser.add_argument("--list", metavar="IMAGE", help="print the contents of an image")
+    return parser.parse_args(argv)
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    if not args.output:
+        raise BuildError("expected -o OUTPUT (or --list IMAGE)")
+    kver = args.kver or os.uname().release
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "0")
+    if not epoch.isdigit():
+        raise BuildError(f"SOURCE_DATE_EPOCH={epoch}: expected a whole number of seconds")
+    drivers = [d for group in args.add_drivers for d in group.replace(",", " ").split()]
+    return Config(args.output, kver, args.kmoddir or f"/lib/modules/{kver}", drivers,
+                  args.compress, args.compress_level, args.python,
+                  [(s, d) for s, d in args.include], args.force, int(epoch))
+
+
+def check_kernel_config(cfg: Config) -> None:
+    """Refuse a compression the target kernel cannot unpack (when its config is known)."""
+    wanted = compress.KERNEL_CONFIG.get(cfg.compression)
+    if wanted is None:
+        return
+    for path in (os.path.join(cfg.kmoddir, "config"), f"/boot/config-{cfg.kver}"):
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                if f"{wanted}=y" not in fh.read().splitlines():
+                    raise BuildError(f"--compress {cfg.compression}: the kernel {cfg.kver} "
+                                     f"cannot unpack it ({path} has no {wanted}=y)")
+            return
+
+
+def add_elf_closure(img: image.Image, resolver: elfdeps.Resolver, roots: list[str],
+                    part: str, skip: set[str]) -> None:
+    for path in resolver.closure(roots):
+        if path not in skip:
+            img.add_host_file(path, part=part)
+
+
+def find_library(resolver: elfdeps.Resolver, name: str) -> str:
+    """The host file of a library a module opens with ctypes (lib<name>.so.N)."""
+    path = libfind.find_in(resolver.system_dirs, name)
+    if path is None:
+        raise BuildError(f"library {name}: expected lib{name}.so.N in one of "
+                         f"{', '.join(resolver.system_dirs)}, found none")
+    return path
+
+
+def build(cfg: Config) -> tuple[image.Image, bytes, int]:
+    check_kernel_config(cfg)
+    img = image.Image()
+    runtime = pyruntime.collect(cfg.python)
+    resolver = elfdeps.Resolver()
+    # Libraries first: they lay down the host's /lib -> usr/lib style links.
+    extensions = sorted(runtime.files.values())
+    ctypes_libs = [find_library(resolver, name) for name in runtime.libraries]
+    add_elf_closure(img, resolver, [runtime.executable, *extensions, *ctypes_libs],
+                    "python runtime", skip=set(extensions))
+    for dest, src in sorted(runtime.files.items()):
+        part = "third-party" if dest.startswith(pyruntime.SITE_IN_IMAGE) else "stdlib"
+        img.add_host_file(src, dest, part=part)
+    if runtime.executable != "/usr/bin/python3":
+        img.add_symlink("/usr/bin/python3", runtime.executable, part="python runtime")
+    img.add_bytes(str(runtime.info["zip_path"]), pyruntime.stdlib_zip_bytes(runtime),
+                  part="stdlib")
+    img.add_dir(os.path.join(str(runtime.info["platstdlib"]), "lib-dynload"), part="stdlib")
+    for dest, data in sorted(runtime.site.items()):
+        part = "pyinit" if dest.startswith(pyruntime.SITE_IN_IMAGE + "/pyinit/") else "third-party"
+        img.add_bytes(dest, data, part=part)
+    add_modules(img, cfg)
+    for src, dest in cfg.includes:
+        if not os.path.exists(src):
+            raise BuildError(f"--include {src} {dest}: expected an existing file, found none")
+        img.add_host_file(src, dest, part="included")
+        if elfdeps.is_elf(src):
+            add_elf_closure(img, resolver, [src], "included", skip={src})
+    img.add_tree(SKELETON, "/", part="skeleton")
+    for directory in API_DIRS:
+        img.add_dir(directory)
+    img.add_node("/dev/console", stat.S_IFCHR, 0o600, (5, 1))
+    data, unpacked = image.compressed(img, cfg.compression, cfg.level, cfg.mtime)
+    return img, data, unpacked
+
+
+def add_modules(img: image.Image, cfg: Config) -> None:
+    if not cfg.drivers:
+        return
+    if not os.path.isdir(cfg.kmoddir):
+        raise BuildError(f"--kmoddir {cfg.kmoddir}: expected the modules of kernel {cfg.kver}, "
+                         "found no directory")
+    tree = kmodules.ModuleTree.read(cfg.kmoddir)
+    modules = tree.closure(cfg.drivers)
+    dest_base = f"/lib/modules/{cfg.kver}"
+    for name in modules:
+        rel = tree.paths[name]
+        img.add_host_file(os.path.join(cfg.kmoddir, rel), os.path.join(dest_base, rel),
+                          part="modules")
+    img.add_bytes(os.path.join(dest_base, INDEX_NAME),
+                  tree.index_text(modules).encode(), part="modules")
+
+
+def list_image(path: str) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as err:
+        raise BuildError(f"--list {path}: expected a readable image, found: {err.strerror}") \
+            from err
+    lines = []
+    offset = 0
+    while offset < len(data):
+        if data[offset:].strip(b"\0") == b"":
+            break
+        chunk = data[offset:]
+        fmt = compress.detect(chunk)
+        if fmt != "none":
+            chunk, offset = compress.decompress(chunk), len(data)
+            sub = 0
+        else:
+            sub = 0
+        lines.append(f"# archive ({fmt})")
+        end = 0
+        for entry, end in cpio.read(chunk, sub):  # noqa: B007 - end is used after the loop
+            if entry.name != cpio.TRAILER:
+                size = len(entry.data)
+                target = f" -> {entry.data.decode()}" if stat.S_ISLNK(entry.mode) else ""
+                lines.append(f"{stat.filemode(entry.mode)} {size:>10} {entry.name}{target}")
+        if fmt == "none":
+            offset += end
+            while offset < len(data) and data[offset] == 0:
+                offset += 1
+    return lines
+
+
+def summary(cfg: Config, img: image.Image, size: int, unpacked: int, seconds: float) -> str:
+    lines = [f"{cfg.output}: {size / 1e6:.2f} MB {cfg.compression}, {unpacked / 1e6:.2f} MB "
+             f"unpacked, {len(img.entries)} entries, built in {seconds:.2f} s"]
+    for part, part_size in img.size_by_part().items():
+        lines.append(f"  {part:<16} {part_size / 1e6:8.2f} MB")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.list:
+            print("\n".join(list_image(args.list)))
+            return 0
+        cfg = config_from(args)
+        start = time.monotonic()
+        img, data, unpacked = build(cfg)
+        image.write_atomically(cfg.output, data, cfg.force)
+        print(summary(cfg, img, len(data), unpacked, time.monotonic() - start))
+        return 0
+    except (BuildError, image.ImageError, cpio.CpioError, compress.CompressError,
+            kmodules.ModulesError, elfdeps.ElfError, pyruntime.RuntimeError_) as err:
+        print(f"mkinitramfs.py: error: {err}", file=sys.stderr)
+        return 1

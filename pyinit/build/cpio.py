@@ -1,0 +1,111 @@
+"""newc ("070701") cpio archives, the format the kernel unpacks, written reproducibly.
+
+Entries are written sorted by name (parents before children), with inode numbers counted
+from 1 in that order, uid/gid 0 and one mtime for all, so the same entries always give the
+same bytes.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+MAGIC = b"070701"
+TRAILER = "TRAILER!!!"
+
+
+class CpioError(ValueError):
+    """An entry cannot be archived, or an archive cannot be read."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One archive member. ``data`` is the file content or the symlink target."""
+
+    name: str
+    mode: int
+    data: bytes = b""
+    rdev: tuple[int, int] = (0, 0)
+
+    @property
+    def kind(self) -> str:
+        return stat.filemode(self.mode)[0]
+
+
+def check_name(name: str) -> str:
+    """Archive names are relative, without '..', NUL or empty components."""
+    if not name or name.startswith("/") or "\0" in name:
+        raise CpioError(f"unsafe archive name {name!r}: expected a relative path without NUL")
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise CpioError(f"unsafe archive name {name!r}: expected no empty, '.' or '..' parts")
+    return name
+
+
+def _header(ino: int, mode: int, nlink: int, mtime: int, size: int, rdev: tuple[int, int],
+            namesize: int) -> bytes:
+    fields = (ino, mode, 0, 0, nlink, mtime, size, 0, 0, rdev[0], rdev[1], namesize, 0)
+    return MAGIC + b"".join(b"%08X" % f for f in fields)
+
+
+def _pad(length: int) -> bytes:
+    return b"\0" * (-length % 4)
+
+
+def write(out: BinaryIO, entries: Iterable[Entry], mtime: int = 0) -> int:
+    """Write ENTRIES (any order) and the trailer to OUT; returns the bytes written."""
+    by_name: dict[str, Entry] = {}
+    for entry in entries:
+        check_name(entry.name)
+        if entry.name in by_name and by_name[entry.name] != entry:
+            raise CpioError(f"archive name {entry.name!r} given twice with different content")
+        by_name[entry.name] = entry
+    written = 0
+    for ino, name in enumerate(sorted(by_name), 1):
+        entry = by_name[name]
+        encoded = name.encode() + b"\0"
+        nlink = 2 if stat.S_ISDIR(entry.mode) else 1
+        head = _header(ino, entry.mode, nlink, mtime, len(entry.data), entry.rdev, len(encoded))
+        chunk = head + encoded + _pad(len(head) + len(encoded)) + entry.data + _pad(len(entry.data))
+        out.write(chunk)
+        written += len(chunk)
+    encoded = TRAILER.encode() + b"\0"
+    head = _header(0, 0, 1, 0, 0, (0, 0), len(encoded))
+    tail = head + encoded + _pad(len(head) + len(encoded))
+    out.write(tail)
+    return written + len(tail)
+
+
+def read(data: bytes, offset: int = 0) -> Iterator[tuple[Entry, int]]:
+    """Entries of one newc archive starting at OFFSET; yields (entry, offset after it).
+
+    Stops after the trailer; the last yielded offset is where the next archive may begin.
+    """
+    pos = offset
+    while True:
+        if len(data) < pos + 110:
+            raise CpioError(f"offset {pos}: truncated archive (expected a 110-byte header)")
+        if data[pos : pos + 6] != MAGIC:
+            raise CpioError(f"offset {pos}: expected newc magic 070701, found "
+                            f"{data[pos:pos + 6]!r}")
+        try:
+            fields = [int(data[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
+        except ValueError as err:
+            raise CpioError(f"offset {pos}: corrupt newc header") from err
+        mode, size, rmaj, rmin, namesize = (fields[1], fields[6], fields[9], fields[10],
+                                            fields[11])
+        name_start = pos + 110
+        name = data[name_start : name_start + namesize - 1].decode(errors="surrogateescape")
+        body = name_start + namesize
+        body += -body % 4
+        content = data[body : body + size]
+        if len(content) != size:
+            raise CpioError(f"{name}: truncated archive (expected {size} bytes)")
+        pos = body + size
+        pos += -pos % 4
+        if name == TRAILER:
+            yield Entry(name, 0), pos
+            return
+        yield Entry(name, mode, content, (rmaj, rmin)), pos

@@ -1,0 +1,181 @@
+"""Assembling the image: entries by image path, each tagged with the part it belongs to,
+host files added with the symlinks along their paths, written atomically."""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+
+from pyinit.build import compress, cpio
+
+
+def _norm(path: str) -> str:
+    """An absolute, normalised image path ("//x" and "x" are "/x")."""
+    return "/" + os.path.normpath("/" + path).lstrip("/")
+
+
+class ImageError(ValueError):
+    """The image cannot be assembled or written; the message names the path."""
+
+
+@dataclass
+class Image:
+    entries: dict[str, cpio.Entry] = field(default_factory=dict)
+    parts: dict[str, str] = field(default_factory=dict)
+
+    def _put(self, path: str, entry: cpio.Entry, part: str) -> None:
+        old = self.entries.get(path)
+        if old is not None and old != entry:
+            if stat.S_ISDIR(old.mode) and stat.S_ISDIR(entry.mode):
+                return
+            raise ImageError(f"{path}: added twice with different content "
+                             f"({old.kind} and {entry.kind})")
+        self.entries[path] = entry
+        self.parts.setdefault(path, part)
+
+    def add_dir(self, path: str, mode: int = 0o755, part: str = "skeleton") -> None:
+        path = _norm(path)
+        if path == "/":
+            return
+        self.add_dir(os.path.dirname(path), part=part)
+        if path in self.entries and not stat.S_ISDIR(self.entries[path].mode):
+            if stat.S_ISLNK(self.entries[path].mode):
+                return  # a symlinked directory (/lib -> usr/lib); its target holds the files
+            raise ImageError(f"{path}: expected a directory in the image, found a file")
+        self._put(path, cpio.Entry(path.lstrip("/"), stat.S_IFDIR | mode), part)
+
+    def add_bytes(self, path: str, data: bytes, mode: int = 0o644, part: str = "skeleton") -> None:
+        path = self._parent_resolved(path, part)
+        self._put(path, cpio.Entry(path.lstrip("/"), stat.S_IFREG | mode, data), part)
+
+    def add_symlink(self, path: str, target: str, part: str = "skeleton") -> None:
+        path = self._parent_resolved(path, part)
+        self._put(path, cpio.Entry(path.lstrip("/"), stat.S_IFLNK | 0o777, target.encode()),
+                  part)
+
+    def add_node(self, path: str, kind: int, mode: int, rdev: tuple[int, int]) -> None:
+        path = self._parent_resolved(path, "skeleton")
+        self._put(path, cpio.Entry(path.lstrip("/"), kind | mode, b"", rdev), "skeleton")
+
+    def _parent_resolved(self, path: str, part: str) -> str:
+        """PATH with each directory component resolved through symlinks already in the image
+        (so /lib/modules lands in usr/lib/modules when /lib -> usr/lib)."""
+        path = _norm(path)
+        resolved = "/"
+        for _ in range(40):
+            todo = os.path.dirname(path).strip("/").split("/")
+            resolved = "/"
+            for i, name in enumerate(n for n in todo if n):
+                candidate = os.path.join(resolved, name)
+                entry = self.entries.get(candidate)
+                if entry is not None and stat.S_ISLNK(entry.mode):
+                    target = _norm(os.path.join(resolved, entry.data.decode()))
+                    path = _norm(os.path.join(target, *todo[i + 1 :], os.path.basename(path)))
+                    break
+                resolved = candidate
+            else:
+                break
+        else:
+            raise ImageError(f"{path}: too many levels of symbolic links in the image")
+        self.add_dir(resolved, part=part)
+        return os.path.join(resolved, os.path.basename(path))
+
+    def add_host_file(self, src: str, dest: str | None = None, part: str = "skeleton",
+                      data: bytes | None = None) -> None:
+        """Copy host file SRC to DEST (default: the same path), keeping symlinks on the way
+        (/lib -> usr/lib, libfoo.so.1 -> libfoo.so.1.2.3) so the loader finds what it expects."""
+        dest = _norm(dest or src)
+        if dest == _norm(src):
+            self._add_host_path(src, part, data, depth=0)
+            return
+        st = os.stat(src)
+        with open(src, "rb") as fh:
+            content = fh.read() if data is None else data
+        self.add_bytes(dest, content, stat.S_IMODE(st.st_mode), part)
+
+    def _add_host_path(self, path: str, part: str, data: bytes | None, depth: int) -> None:
+        if depth > 40:
+            raise ImageError(f"{path}: too many levels of symbolic links")
+        path = _norm(os.path.abspath(path))
+        parts = path.strip("/").split("/")
+        current = ""
+        for i, name in enumerate(parts):
+            current += "/" + name
+            if os.path.islink(current):
+                target = os.readlink(current)
+                self.add_symlink(current, target, part)
+                resolved = _norm(os.path.join(os.path.dirname(current), target))
+                rest = parts[i + 1 :]
+                self._add_host_path(os.path.join(resolved, *rest), part, data, depth + 1)
+                return
+        try:
+            st = os.stat(path)
+            if data is None:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+        except OSError as err:
+            raise ImageError(f"{path}: expected a readable file, found: {err.strerror}") from err
+        self.add_bytes(path, data, stat.S_IMODE(st.st_mode), part)
+
+    def add_tree(self, src: str, dest: str, part: str = "skeleton") -> None:
+        """Copy a directory tree (rootfs-skel/) verbatim."""
+        for root, dirs, files in os.walk(src):
+            dirs.sort()
+            rel = os.path.relpath(root, src)
+            target_dir = _norm(os.path.join(dest, rel))
+            self.add_dir(target_dir, stat.S_IMODE(os.stat(root).st_mode), part)
+            for name in sorted(files):
+                host = os.path.join(root, name)
+                target = os.path.join(target_dir, name)
+                if os.path.islink(host):
+                    self.add_symlink(target, os.readlink(host), part)
+                else:
+                    self.add_host_file(host, target, part)
+
+    def unpacked_size(self) -> int:
+        return sum(len(e.data) for e in self.entries.values())
+
+    def size_by_part(self) -> dict[str, int]:
+        sizes: Counter[str] = Counter()
+        for path, entry in self.entries.items():
+            sizes[self.parts[path]] += len(entry.data)
+        return dict(sorted(sizes.items()))
+
+    def archive(self, mtime: int = 0) -> bytes:
+        import io
+
+        buffer = io.BytesIO()
+        cpio.write(buffer, self.entries.values(), mtime)
+        return buffer.getvalue()
+
+
+def write_atomically(output: str, data: bytes, force: bool) -> None:
+    """Write DATA to OUTPUT through a temporary file beside it, renamed at the end."""
+    directory = os.path.dirname(os.path.abspath(output)) or "."
+    if not os.path.isdir(directory):
+        raise ImageError(f"-o {output}: expected an existing directory {directory}, found none")
+    if os.path.exists(output) and not force:
+        raise ImageError(f"-o {output}: the file exists; expected --force to replace it")
+    free = os.statvfs(directory)
+    if free.f_bavail * free.f_frsize < len(data) + (1 << 20):
+        raise ImageError(f"-o {output}: {len(data)} bytes needed, "
+                         f"{free.f_bavail * free.f_frsize} free in {directory}")
+    fd, tmp = tempfile.mkstemp(prefix=".pyinit-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, output)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def compressed(image: Image, fmt: str, level: int | None, mtime: int) -> tuple[bytes, int]:
+    raw = image.archive(mtime)
+    return compress.compress(raw, fmt, level), len(raw)

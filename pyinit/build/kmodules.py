@@ -1,0 +1,132 @@
+"""Kernel modules for the image: modules.dep/alias/softdep/builtin read at build time, the
+closure of what was asked for, and the compact index the init reads at boot."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass, field
+
+
+class ModulesError(ValueError):
+    """A module directory or a requested module is missing or unreadable."""
+
+
+def _norm(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def module_name(path: str) -> str:
+    base = os.path.basename(path)
+    for ext in (".ko.xz", ".ko.zst", ".ko.gz", ".ko"):
+        if base.endswith(ext):
+            return _norm(base[: -len(ext)])
+    raise ModulesError(f"{path}: expected a .ko, .ko.xz, .ko.zst or .ko.gz file")
+
+
+@dataclass
+class ModuleTree:
+    """One kernel's modules directory (/lib/modules/KVER) after depmod."""
+
+    base: str
+    paths: dict[str, str] = field(default_factory=dict)
+    deps: dict[str, list[str]] = field(default_factory=dict)
+    aliases: list[tuple[str, str]] = field(default_factory=list)
+    softdeps: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
+    builtin: set[str] = field(default_factory=set)
+
+    @classmethod
+    def read(cls, base: str) -> ModuleTree:
+        dep_file = os.path.join(base, "modules.dep")
+        if not os.path.isfile(dep_file):
+            raise ModulesError(f"{dep_file}: expected depmod's modules.dep, found no file "
+                               f"(run depmod -b BASE KVER on the tree)")
+        tree = cls(base)
+        with open(dep_file, encoding="utf-8") as fh:
+            for line in fh:
+                target, _, deps = line.partition(":")
+                if not target:
+                    continue
+                name = module_name(target)
+                tree.paths[name] = target.strip()
+                # modules.dep lists the closure with the deepest last; load in reverse.
+                tree.deps[name] = [module_name(d) for d in reversed(deps.split())]
+        for line in _lines(os.path.join(base, "modules.alias")):
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "alias":
+                tree.aliases.append((parts[1], _norm(parts[2])))
+        for line in _lines(os.path.join(base, "modules.softdep")):
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "softdep":
+                pre: list[str] = []
+                post: list[str] = []
+                current = pre
+                for word in parts[2:]:
+                    if word == "pre:":
+                        current = pre
+                    elif word == "post:":
+                        current = post
+                    else:
+                        current.append(_norm(word))
+                tree.softdeps[_norm(parts[1])] = (pre, post)
+        for line in _lines(os.path.join(base, "modules.builtin")):
+            tree.builtin.add(module_name(line.strip()))
+        return tree
+
+    def resolve(self, name: str) -> list[str]:
+        """A module name or an alias pattern's subject -> module names."""
+        norm = _norm(name)
+        if norm in self.paths or norm in self.builtin:
+            return [norm]
+        found = [mod for pattern, mod in self.aliases if fnmatch.fnmatchcase(name, pattern)]
+        return list(dict.fromkeys(found))
+
+    def closure(self, names: list[str]) -> list[str]:
+        """Every module needed to load NAMES: hard and soft dependencies; builtins dropped."""
+        result: dict[str, None] = {}
+        missing = []
+        todo = list(names)
+        while todo:
+            name = todo.pop()
+            resolved = self.resolve(name)
+            if not resolved:
+                missing.append(name)
+                continue
+            for mod in resolved:
+                if mod in result or mod in self.builtin:
+                    continue
+                result[mod] = None
+                todo.extend(self.deps.get(mod, []))
+                pre, post = self.softdeps.get(mod, ([], []))
+                todo.extend(m for m in pre + post if self.resolve(m))
+        if missing:
+            raise ModulesError(f"modules not found in {self.base}: {', '.join(sorted(missing))} "
+                               f"(expected a module name or alias from modules.dep/alias, "
+                               f"{len(self.paths)} modules there)")
+        return sorted(result)
+
+    def index_text(self, modules: list[str]) -> str:
+        """The init's index for MODULES: their deps, aliases, softdeps, and all builtins."""
+        chosen = set(modules)
+        lines = []
+        for mod in sorted(chosen):
+            lines.append(f"module\t{mod}\t{self.paths[mod]}\t{' '.join(self.deps[mod])}")
+        for pattern, mod in self.aliases:
+            if mod in chosen:
+                lines.append(f"alias\t{pattern}\t{mod}")
+        for mod in sorted(chosen):
+            if mod in self.softdeps:
+                pre, post = self.softdeps[mod]
+                lines.append(f"softdep\t{mod}\t{' '.join(pre)}\t{' '.join(post)}")
+        lines.extend(f"builtin\t{mod}" for mod in sorted(self.builtin))
+        return "\n".join(lines) + "\n"
+
+
+def _lines(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return [line for line in fh.read().splitlines() if line and not line.startswith("#")]
+    except FileNotFoundError:
+        return []
+
+

@@ -1,0 +1,134 @@
+"""The Python runtime for the image: the interpreter, the standard-library modules the init
+imports (byte-compiled, in the interpreter's own pythonXY.zip), the extension modules they
+load, and the third-party packages with pyinit itself under /usr/lib/pyinit."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import marshal
+import os
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass, field
+
+PYINIT_SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SITE_IN_IMAGE = "/usr/lib/pyinit"
+# _cffi_backend: loaded by the compiled cffi module itself, invisible to modulefinder.
+INIT_MODULES = ["pyinit.init", "pyinit.stages", "_cffi_backend", "encodings.utf_8",
+                "encodings.latin_1", "encodings.ascii", "encodings.aliases"]
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+# C libraries that third-party modules open with ctypes at run time (no DT_NEEDED names them).
+CTYPES_LIBRARIES = {"pyudev": ["udev"]}
+
+
+class RuntimeError_(RuntimeError):
+    """The interpreter cannot be used, or a module the init needs is missing."""
+
+
+@dataclass
+class Runtime:
+    python: str
+    info: dict[str, object]
+    stdlib_zip: dict[str, bytes] = field(default_factory=dict)  # arcname -> pyc
+    files: dict[str, str] = field(default_factory=dict)  # image path -> host path (ext, .so)
+    libraries: list[str] = field(default_factory=list)  # sonames opened through ctypes
+    site: dict[str, bytes] = field(default_factory=dict)  # image path -> pyc bytes
+
+    @property
+    def executable(self) -> str:
+        return os.path.realpath(str(self.info["executable"]))
+
+
+def resolve_python(python: str | None) -> str:
+    """The interpreter to ship: --python, else the one running the builder (out of a venv)."""
+    if python is None:
+        base = getattr(sys, "_base_executable", None) or sys.executable
+        return os.path.realpath(base)
+    if not os.path.isfile(python) or not os.access(python, os.X_OK):
+        raise RuntimeError_(f"--python {python}: expected an executable Python, found none")
+    return os.path.realpath(python)
+
+
+def probe(python: str, modules: list[str], excludes: list[str]) -> dict[str, object]:
+    request = json.dumps({"path": [PYINIT_SRC], "modules": modules, "excludes": excludes})
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyprobe.py")
+    try:
+        out = subprocess.run([python, "-I", "-S", script, request], check=True,
+                             capture_output=True, text=True, timeout=120)
+    except subprocess.CalledProcessError as err:
+        last = (err.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError_(f"{python}: probing its modules failed: {last}") from err
+    result: dict[str, object] = json.loads(out.stdout)
+    return result
+
+
+def pyc(source_path: str, display_name: str) -> bytes:
+    """Unchecked hash-based pyc (PEP 552): no mtime in it, no stat of a source at import."""
+    with open(source_path, "rb") as fh:
+        source = fh.read()
+    code = compile(source, display_name, "exec", dont_inherit=True, optimize=0)
+    header = importlib.util.MAGIC_NUMBER + (1).to_bytes(4, "little")
+    return header + importlib.util.source_hash(source) + marshal.dumps(code)
+
+
+def collect(python: str | None, extra_modules: list[str] | None = None) -> Runtime:
+    exe = resolve_python(python)
+    info = probe(exe, INIT_MODULES + (extra_modules or []), [])
+    version = info["version"]
+    if version != list(sys.version_info[:2]):
+        found = ".".join(str(v) for v in version)  # type: ignore[attr-defined]
+        raise RuntimeError_(f"--python {exe} is Python {found} but the "
+                            f"builder runs on {sys.version_info[0]}.{sys.version_info[1]}: run "
+                            f"mkinitramfs.py with that interpreter")
+    runtime = Runtime(exe, info)
+    stdlib = str(info["stdlib"]).rstrip("/") + "/"
+    sites = [str(s).rstrip("/") + "/" for s in info["site"]]  # type: ignore[attr-defined]
+    src_root = PYINIT_SRC.rstrip("/") + "/"
+    modules: dict[str, dict[str, object]] = info["modules"]  # type: ignore[assignment]
+    missing = [f"{name} (imported by {', '.join(importers)}: not found by {exe})"
+               for name, importers in info["missing"].items()]  # type: ignore[attr-defined]
+    for name, module in sorted(modules.items()):
+        path = module["file"]
+        if path is None:
+            continue  # built into the interpreter
+        path = str(path)
+        if not os.path.exists(path):
+            missing.append(f"{name} ({path})")
+            continue
+        owner = next((s for s in [src_root, *sites] if path.startswith(s)), None)
+        if owner is None and path.startswith(stdlib):
+            rel = path[len(stdlib):]
+            if path.endswith(".py"):
+                arc = rel[:-3] + ".pyc"
+                runtime.stdlib_zip[arc] = pyc(path, rel)
+            else:
+                runtime.files[path] = path  # lib-dynload extension module
+        elif owner is not None:
+            rel = path[len(owner):]
+            dest = f"{SITE_IN_IMAGE}/{rel}"
+            if path.endswith(".py"):
+                runtime.site[dest[:-3] + ".pyc"] = pyc(path, rel)
+            else:
+                runtime.files[dest] = path
+        else:
+            missing.append(f"{name} ({path}: outside the stdlib and site-packages)")
+    for package, names in CTYPES_LIBRARIES.items():
+        if package in modules:
+            runtime.libraries.extend(names)
+    if missing:
+        raise RuntimeError_("modules the init imports cannot be shipped: " + ", ".join(missing))
+    return runtime
+
+
+def stdlib_zip_bytes(runtime: Runtime) -> bytes:
+    """One zip of the stdlib pycs, entries sorted with a fixed date: reproducible."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for arc in sorted(runtime.stdlib_zip):
+            zinfo = zipfile.ZipInfo(arc, ZIP_DATE)
+            zinfo.external_attr = 0o644 << 16
+            archive.writestr(zinfo, runtime.stdlib_zip[arc])
+    return buffer.getvalue()

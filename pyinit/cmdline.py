@@ -1,0 +1,170 @@
+"""The kernel command line (/proc/cmdline) parsed into one frozen options object.
+
+Splitting follows the kernel's own rules (lib/cmdline.c next_arg): words are separated by
+white space, double quotes group, a quote is dropped where it opens or closes a group, and
+everything after a lone ``--`` belongs to init. Repeated keys: the last one wins, except
+for the list-valued keys (rd.break, blacklists, rd.driver.pre), which accumulate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pyinit.rootspec import RootSpec, RootSpecError, parse_root
+
+STAGES = ("cmdline", "modules", "discover", "mount", "switch_root")
+EMERGENCY_ACTIONS = ("shell", "reboot", "poweroff", "halt")
+LOG_FORMATS = ("pretty", "json")
+
+
+class CmdlineError(ValueError):
+    """A known key has a value pyinit cannot use."""
+
+
+@dataclass(frozen=True)
+class Options:
+    root: RootSpec | None = None
+    rootfstype: str | None = None
+    rootflags: str | None = None
+    read_only: bool = True
+    init: str | None = None
+    init_args: tuple[str, ...] = ()
+    rootwait: bool = False
+    rootdelay: float = 0.0
+    timeout: float = 60.0
+    breaks: frozenset[str] = frozenset()
+    shell: bool = True
+    emergency: str = "shell"
+    panic: int | None = None
+    quiet: bool = False
+    loglevel: int | None = None
+    blacklist: frozenset[str] = frozenset()
+    driver_pre: tuple[str, ...] = ()
+    log_format: str = "pretty"
+    fsck_mode: str = "auto"
+    raw: dict[str, str | None] = field(default_factory=dict)
+
+
+def split(text: str) -> tuple[list[str], list[str]]:
+    """Split a command line into (parameters, init arguments after ``--``)."""
+    words: list[str] = []
+    word: list[str] = []
+    in_quote = False
+    started = False
+    for ch in text:
+        if ch == '"':
+            in_quote = not in_quote
+            started = True
+            continue
+        if ch.isspace() and not in_quote:
+            if started:
+                words.append("".join(word))
+                word, started = [], False
+            continue
+        word.append(ch)
+        started = True
+    if started:
+        words.append("".join(word))
+    if "--" in words:
+        i = words.index("--")
+        return words[:i], words[i + 1 :]
+    return words, []
+
+
+def _number(key: str, value: str | None, minimum: float = 0) -> float:
+    try:
+        number = float(value or "")
+    except ValueError:
+        raise CmdlineError(f"{key}={value or ''}: expected a number of seconds") from None
+    if number != number or number < minimum:
+        raise CmdlineError(f"{key}={value}: expected a number >= {minimum:g}")
+    return number
+
+
+def _integer(key: str, value: str | None) -> int:
+    try:
+        return int(value or "")
+    except ValueError:
+        raise CmdlineError(f"{key}={value or ''}: expected a whole number") from None
+
+
+def _choice(key: str, value: str | None, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise CmdlineError(f"{key}={value or ''}: expected one of {', '.join(choices)}")
+    return value
+
+
+def _names(value: str | None) -> list[str]:
+    return [n.strip().replace("-", "_") for n in (value or "").split(",") if n.strip()]
+
+
+def _boolean(key: str, value: str | None) -> bool:
+    if value in ("1", "yes", "true", "on", "y"):
+        return True
+    if value in ("0", "no", "false", "off", "n"):
+        return False
+    raise CmdlineError(f"{key}={value or ''}: expected 0 or 1")
+
+
+def parse(text: str) -> Options:
+    """Parse the command line text. Raises CmdlineError for a known key with a bad value."""
+    params, init_args = split(text)
+    raw: dict[str, str | None] = {}
+    values: dict[str, object] = {}
+    breaks: set[str] = set()
+    blacklist: set[str] = set()
+    driver_pre: list[str] = []
+    for param in params:
+        key, sep, val = param.partition("=")
+        value: str | None = val if sep else None
+        raw[key] = value
+        if key == "root":
+            try:
+                values["root"] = parse_root(value or "")
+            except RootSpecError as err:
+                raise CmdlineError(str(err)) from None
+        elif key in ("rootfstype", "rootflags", "init"):
+            if not value:
+                raise CmdlineError(f"{key}= is empty: expected a value")
+            if key == "init" and not value.startswith("/"):
+                raise CmdlineError(f"init={value}: expected an absolute path")
+            values[key] = value
+        elif key == "ro" and value is None:
+            values["read_only"] = True
+        elif key == "rw" and value is None:
+            values["read_only"] = False
+        elif key == "rootwait" and value is None:
+            values["rootwait"] = True
+        elif key == "rootdelay":
+            values["rootdelay"] = _number(key, value)
+        elif key == "rd.timeout":
+            values["timeout"] = _number(key, value)
+        elif key == "rd.break":
+            for stage in (value or "switch_root").split(","):
+                breaks.add(_choice(key, stage, STAGES))
+        elif key == "rd.shell":
+            values["shell"] = True if value is None else _boolean(key, value)
+        elif key == "rd.emergency":
+            values["emergency"] = _choice(key, value, EMERGENCY_ACTIONS)
+        elif key == "panic":
+            values["panic"] = _integer(key, value)
+        elif key == "quiet" and value is None:
+            values["quiet"] = True
+        elif key == "loglevel":
+            values["loglevel"] = _integer(key, value)
+        elif key in ("module_blacklist", "modprobe.blacklist"):
+            blacklist.update(_names(value))
+        elif key == "rd.driver.pre":
+            driver_pre.extend(n for n in _names(value) if n not in driver_pre)
+        elif key == "pyinit.log":
+            values["log_format"] = _choice(key, value, LOG_FORMATS)
+        elif key == "fsck.mode":
+            values["fsck_mode"] = _choice(key, value, ("auto", "skip", "force"))
+    return Options(
+        breaks=frozenset(breaks),
+        blacklist=frozenset(blacklist),
+        driver_pre=tuple(driver_pre),
+        init_args=tuple(init_args),
+        raw=raw,
+        **values,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,224 @@
+"""Find the root device: udev enumeration for what exists, uevents for what comes later.
+
+Without udevd in the image the init is its own hotplug handler: it listens on the kernel's
+uevent netlink socket through pyudev, loads the modules each new device's MODALIAS names,
+and probes block devices with libblkid to learn the properties udev would have set
+(ID_FS_UUID, ID_FS_LABEL, ID_FS_TYPE, ID_PART_ENTRY_UUID, ID_PART_ENTRY_NAME).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyinit import libfind, syscalls
+from pyinit.kmod import Loader
+from pyinit.rootspec import RootSpec
+
+_BLKID_TO_UDEV = {
+    "TYPE": "ID_FS_TYPE",
+    "UUID": "ID_FS_UUID",
+    "LABEL": "ID_FS_LABEL",
+    "USAGE": "ID_FS_USAGE",
+    "PTTYPE": "ID_PART_TABLE_TYPE",
+    "PTUUID": "ID_PART_TABLE_UUID",
+    "PART_ENTRY_UUID": "ID_PART_ENTRY_UUID",
+    "PART_ENTRY_NAME": "ID_PART_ENTRY_NAME",
+    "PART_ENTRY_NUMBER": "ID_PART_ENTRY_NUMBER",
+    "PART_ENTRY_TYPE": "ID_PART_ENTRY_TYPE",
+}
+SHOWN = ("ID_FS_TYPE", "ID_FS_UUID", "ID_FS_LABEL", "ID_PART_ENTRY_UUID", "ID_PART_ENTRY_NAME")
+
+
+class DiscoveryError(RuntimeError):
+    """The root device was not found, or root= matched more than one device."""
+
+
+@dataclass
+class BlockDevice:
+    node: str
+    devnum: tuple[int, int]
+    devtype: str
+    disk: str
+    partnum: int | None
+    props: dict[str, str] = field(default_factory=dict)
+    probe_error: str | None = None
+
+    def summary(self) -> str:
+        fields = [f"{k.removeprefix('ID_').removeprefix('FS_')}={self.props[k]}"
+                  for k in SHOWN if self.props.get(k)]
+        if self.probe_error:
+            fields.append(f"probe failed: {self.probe_error}")
+        return f"{self.node} ({self.devnum[0]}:{self.devnum[1]}) " + (
+            " ".join(fields) or "no filesystem or partition signature"
+        )
+
+
+def probe_properties(node: str) -> dict[str, str]:
+    """libblkid's view of a device, under udev's property names."""
+    values = syscalls.probe_block(node)
+    return {_BLKID_TO_UDEV[k]: v for k, v in values.items() if k in _BLKID_TO_UDEV}
+
+
+def block_device(device: Any, udev_props: bool) -> BlockDevice:
+    """A pyudev block Device -> BlockDevice, probed when udevd did not do it for us."""
+    node = device.device_node or "/dev/" + device.sys_name
+    number = device.device_number
+    devtype = device.device_type or "disk"
+    partnum: int | None = None
+    disk = node
+    if devtype == "partition":
+        try:
+            partnum = int(device.attributes.asstring("partition"))
+        except (KeyError, ValueError):
+            partnum = None
+        parent = device.find_parent("block")
+        if parent is not None and parent.device_node:
+            disk = parent.device_node
+    dev = BlockDevice(node, (os.major(number), os.minor(number)), devtype, disk, partnum)
+    if udev_props and device.properties.get("ID_FS_TYPE") is not None:
+        dev.props = {k: device.properties[k] for k in _BLKID_TO_UDEV.values()
+                     if k in device.properties}
+    else:
+        try:
+            dev.props = probe_properties(node)
+        except OSError as err:
+            dev.probe_error = err.strerror or str(err)
+    if "ID_PART_ENTRY_NUMBER" in dev.props and partnum is None:
+        partnum = int(dev.props["ID_PART_ENTRY_NUMBER"])
+        dev.partnum = partnum
+    return dev
+
+
+def matches(spec: RootSpec, dev: BlockDevice) -> bool:
+    props = dev.props
+    if spec.kind == "path":
+        if spec.value == dev.node:
+            return True
+        try:
+            st = os.stat(spec.value)
+        except OSError:
+            return False
+        return os.major(st.st_rdev) == dev.devnum[0] and os.minor(st.st_rdev) == dev.devnum[1]
+    if spec.kind == "devnum":
+        return spec.devnum == dev.devnum
+    if spec.kind == "uuid":
+        return props.get("ID_FS_UUID", "").lower() == spec.value
+    if spec.kind == "label":
+        return props.get("ID_FS_LABEL") == spec.value
+    if spec.kind == "partuuid":
+        return props.get("ID_PART_ENTRY_UUID", "").lower() == spec.value
+    if spec.kind == "partlabel":
+        return props.get("ID_PART_ENTRY_NAME") == spec.value
+    return False
+
+
+def find_root(spec: RootSpec, devices: dict[str, BlockDevice]) -> BlockDevice | None:
+    """The one device root= names among DEVICES; DiscoveryError when it names several."""
+    found = [d for d in devices.values() if matches(spec, d)]
+    if spec.partnroff and found:
+        base = found[0]
+        want = (base.partnum or 0) + spec.partnroff
+        found = [d for d in devices.values()
+                 if d.disk == base.disk and d.partnum == want and d.devtype == "partition"]
+    if len(found) > 1:
+        names = ", ".join(d.summary() for d in sorted(found, key=lambda d: d.node))
+        raise DiscoveryError(f"root={spec.value}: {spec.describe()} matches {len(found)} "
+                             f"devices, refusing to guess: {names}")
+    return found[0] if found else None
+
+
+class Hotplug:
+    """The uevent listener, started before coldplug so that no device falls in between."""
+
+    def __init__(self, loader: Loader) -> None:
+        libfind.install()
+        import pyudev  # imported here: only the stages that need devices pay for it
+
+        self.loader = loader
+        self.context = pyudev.Context()
+        self.monitor = pyudev.Monitor.from_netlink(self.context, source="kernel")
+        self.monitor.start()
+        self.events = 0
+
+    def coldplug(self) -> tuple[int, int]:
+        """Load the modules every existing device's MODALIAS names.
+
+        Returns (devices seen, devices with a MODALIAS)."""
+        count = with_alias = 0
+        for device in self.context.list_devices():
+            count += 1
+            modalias = device.properties.get("MODALIAS")
+            if modalias:
+                with_alias += 1
+                self.loader.load_for_modalias(modalias)
+        return count, with_alias
+
+    def block_devices(self) -> list[Any]:
+        return list(self.context.list_devices(subsystem="block"))
+
+    def next_event(self, timeout: float) -> Any:
+        """The next uevent (its modules loaded already), or None after TIMEOUT seconds."""
+        device = self.monitor.poll(timeout=max(timeout, 0.01))
+        if device is None:
+            return None
+        self.events += 1
+        modalias = device.properties.get("MODALIAS")
+        if modalias and device.action == "add":
+            self.loader.load_for_modalias(modalias)
+        return device
+
+    def close(self) -> None:
+        del self.monitor  # libudev closes the netlink socket with the last reference
+
+
+@dataclass
+class Discovery:
+    """Existing block devices first, then uevents until root= matches or time is up."""
+
+    spec: RootSpec
+    hotplug: Hotplug
+    timeout: float
+    wait_forever: bool = False
+    emit: Callable[..., None] = lambda *a, **k: None
+    devices: dict[str, BlockDevice] = field(default_factory=dict)
+
+    def run(self) -> BlockDevice:
+        for device in self.hotplug.block_devices():
+            self._add(device)
+        found = find_root(self.spec, self.devices)
+        deadline = time.monotonic() + self.timeout
+        next_report = time.monotonic() + 5.0
+        while found is None:
+            now = time.monotonic()
+            if not self.wait_forever and now >= deadline:
+                raise DiscoveryError(self.not_found_message())
+            if now >= next_report:
+                self.emit("waiting_for_root", root=self.spec.describe(), seen=self.seen_text())
+                next_report = now + 5.0
+            limit = next_report - now
+            if not self.wait_forever:
+                limit = min(limit, deadline - now)
+            device = self.hotplug.next_event(limit)
+            if device is None or device.action not in ("add", "change"):
+                continue
+            if device.subsystem == "block" and device.device_node:
+                self._add(device)
+                found = find_root(self.spec, self.devices)
+        return found
+
+    def _add(self, device: Any) -> None:
+        dev = block_device(device, udev_props=False)
+        self.devices[dev.node] = dev
+
+    def seen_text(self) -> str:
+        if not self.devices:
+            return "no block devices"
+        return "; ".join(d.summary() for d in sorted(self.devices.values(), key=lambda d: d.node))
+
+    def not_found_message(self) -> str:
+        return (f"no device matched root={self.spec.value} ({self.spec.describe()}) within "
+                f"{self.timeout:g} s; block devices seen: {self.seen_text()}")

@@ -1,0 +1,99 @@
+"""PID 1 of the initramfs: the boot sequence, top to bottom."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+from pyinit import cmdline, log, rescue, syscalls
+from pyinit.cmdline import Options
+
+T = TypeVar("T")
+SYSROOT = "/sysroot"
+
+
+def early_mounts() -> None:
+    """Stage 1: the API filesystems, then stdio on /dev/console."""
+    table = (
+        ("proc", "/proc", "proc", syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC,
+         None),
+        ("sysfs", "/sys", "sysfs", syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC,
+         None),
+        ("devtmpfs", "/dev", "devtmpfs", syscalls.MS_NOSUID, "mode=0755"),
+        ("tmpfs", "/run", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=0755"),
+    )
+    for source, target, fstype, flags, data in table:
+        os.makedirs(target, exist_ok=True)
+        if not os.path.ismount(target):
+            syscalls.mount(source, target, fstype, flags, data)
+    reopen_console()
+
+
+def reopen_console() -> None:
+    """Put fds 0-2 on devtmpfs's /dev/console. The kernel opened the archive's own
+    dev/console for us; left open, those fds would pin the initramfs after the hand-over."""
+    try:
+        console = os.open("/dev/console", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return  # keep whatever the kernel gave us
+    for fd in (0, 1, 2):
+        os.dup2(console, fd)
+    if console > 2:
+        os.close(console)
+
+
+def read_options() -> Options:
+    with open("/proc/cmdline", encoding="utf-8", errors="replace") as fh:
+        return cmdline.parse(fh.read())
+
+
+class Boot:
+    """Runs each stage once, timed and logged; a failed stage goes through the failure path
+    and is tried again when the person at the console leaves it."""
+
+    def __init__(self) -> None:
+        self.options = Options()
+
+    def stage(self, name: str, run: Callable[[], T]) -> T:
+        if name in self.options.breaks:
+            log.get().info("break", stage=name)
+            rescue.open_console(name)
+        while True:
+            start = time.monotonic()
+            try:
+                result = run()
+            except Exception as err:  # every failure goes through one path
+                rescue.failure(name, err, self.options)
+                continue
+            log.get().info("stage", stage=name, duration=round(time.monotonic() - start, 3))
+            return result
+
+    def run(self) -> NoReturn:
+        early_mounts()
+        log.configure()
+        self.options = self.stage("cmdline", read_options)
+        log.configure(self.options.log_format, self.options.quiet)
+
+        from pyinit import stages  # the rest of the boot, imported once logging works
+
+        hotplug = self.stage("modules", lambda: stages.load_modules(self.options))
+        device = self.stage("discover", lambda: stages.discover_root(self.options, hotplug))
+        self.stage("mount", lambda: stages.mount_root(self.options, device, SYSROOT))
+        method, removed = self.stage("switch_root", lambda: stages.hand_over(hotplug, SYSROOT))
+        log.get().info("switch_root", method=method, deleted=removed,
+                       init=self.options.init or "/sbin/init")
+        self.stage("exec", lambda: stages.exec_init(self.options))
+        raise AssertionError("exec_init returned")
+
+
+def main() -> NoReturn:
+    boot = Boot()
+    try:
+        boot.run()
+    except BaseException as err:
+        rescue.failure("init", err, boot.options)
+        rescue.power("halt")
+    sys.exit(1)  # unreachable: power() never returns

@@ -1,0 +1,219 @@
+"""Kernel modules: the image's build-time index, alias matching, and finit_module loading.
+
+The builder writes ``/lib/modules/KVER/pyinit.index``, tab-separated lines:
+``module NAME PATH DEPS`` (DEPS: the whole dependency closure in load order),
+``alias PATTERN NAME``, ``softdep NAME PRE POST`` and ``builtin NAME``. The init never
+reads modules.alias or modules.dep at boot.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import gzip
+import lzma
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from pyinit import syscalls
+
+INDEX_NAME = "pyinit.index"
+
+
+class ModuleError(OSError):
+    """A module could not be loaded; the message names the module and the reason."""
+
+
+@dataclass
+class ModuleIndex:
+    base: str
+    paths: dict[str, str] = field(default_factory=dict)
+    deps: dict[str, list[str]] = field(default_factory=dict)
+    softdeps: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
+    builtin: set[str] = field(default_factory=set)
+    aliases: list[tuple[str, str]] = field(default_factory=list)
+    _exact: dict[str, list[str]] = field(default_factory=dict)
+    _patterns: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, base: str) -> ModuleIndex:
+        """Read BASE/pyinit.index; a missing index means an image without modules."""
+        index = cls(base)
+        try:
+            with open(os.path.join(base, INDEX_NAME), encoding="utf-8") as fh:
+                lines = fh.read().splitlines()
+        except FileNotFoundError:
+            return index
+        for number, line in enumerate(lines, 1):
+            parts = line.split("\t")
+            kind = parts[0]
+            if kind == "module" and len(parts) == 4:
+                index.paths[parts[1]] = parts[2]
+                index.deps[parts[1]] = parts[3].split() if parts[3] else []
+            elif kind == "alias" and len(parts) == 3:
+                index.add_alias(parts[1], parts[2])
+            elif kind == "softdep" and len(parts) == 4:
+                index.softdeps[parts[1]] = (parts[2].split(), parts[3].split())
+            elif kind == "builtin" and len(parts) == 2:
+                index.builtin.add(parts[1])
+            elif line:
+                raise ModuleError(
+                    errno.EINVAL,
+                    f"{base}/{INDEX_NAME} line {number}: expected module/alias/softdep/builtin "
+                    f"with its fields, found {line[:60]!r}",
+                )
+        return index
+
+    def add_alias(self, pattern: str, name: str) -> None:
+        self.aliases.append((pattern, name))
+        if any(c in pattern for c in "*?["):
+            self._patterns.append((re.compile(fnmatch.translate(pattern)), name))
+        else:
+            self._exact.setdefault(pattern, []).append(name)
+
+    def lookup(self, modalias: str) -> list[str]:
+        """Module names whose alias patterns match MODALIAS, in index order, no repeats."""
+        found = list(self._exact.get(modalias, ()))
+        for regex, name in self._patterns:
+            if name not in found and regex.match(modalias):
+                found.append(name)
+        return found
+
+    def resolve(self, name: str) -> str:
+        """A module name or alias -> module name ('-' and '_' are the same in names)."""
+        norm = name.replace("-", "_")
+        if norm in self.paths or norm in self.builtin:
+            return norm
+        matches = self.lookup(name)
+        return matches[0] if matches else norm
+
+
+def loaded_modules(proc_modules: str = "/proc/modules") -> set[str]:
+    try:
+        with open(proc_modules, encoding="utf-8") as fh:
+            return {line.split(" ", 1)[0] for line in fh if line.strip()}
+    except FileNotFoundError:
+        return set()
+
+
+def _decompress(path: str) -> bytes:
+    if path.endswith(".xz"):
+        with lzma.open(path) as fh:
+            return fh.read()
+    if path.endswith(".gz"):
+        with gzip.open(path) as fh:
+            return fh.read()
+    raise ModuleError(
+        errno.ENOEXEC,
+        f"{path}: the kernel cannot decompress this module and pyinit only unpacks .xz and .gz",
+    )
+
+
+def load_file(path: str, name: str, params: str = "") -> None:
+    """Load one module file with finit_module, compressed files handed to the kernel.
+
+    A kernel without CONFIG_MODULE_DECOMPRESS refuses MODULE_INIT_COMPRESSED_FILE; then the
+    file is decompressed here into a memfd, which finit_module reads like a file.
+    """
+    compressed = path.endswith((".xz", ".gz", ".zst"))
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        flags = syscalls.MODULE_INIT_COMPRESSED_FILE if compressed else 0
+        try:
+            syscalls.finit_module(fd, params, flags, name=name)
+            return
+        except OSError as err:
+            if not compressed or err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOEXEC):
+                raise
+    finally:
+        os.close(fd)
+    memfd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        os.write(memfd, _decompress(path))
+        syscalls.finit_module(memfd, params, 0, name=name)
+    finally:
+        os.close(memfd)
+
+
+@dataclass
+class Loader:
+    """Loads modules once each, dependencies first, honouring the blacklist."""
+
+    index: ModuleIndex
+    blacklist: frozenset[str] = frozenset()
+    on_event: Callable[..., None] | None = None
+    loaded: set[str] = field(default_factory=set)
+    failed: dict[str, str] = field(default_factory=dict)
+    loaded_here: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.loaded |= loaded_modules()
+
+    def _emit(self, event: str, **fields: object) -> None:
+        if self.on_event is not None:
+            self.on_event(event, **fields)
+
+    def load(self, name: str, reason: str = "") -> bool:
+        """Load NAME (module or alias) with its closure; True when it is in the kernel now."""
+        name = self.index.resolve(name)
+        if name in self.loaded or name in self.index.builtin:
+            return True
+        if name in self.blacklist:
+            self._emit("module_blacklisted", module=name, reason=reason)
+            return False
+        if name not in self.index.paths:
+            raise ModuleError(
+                errno.ENOENT,
+                f"module {name} ({reason or 'requested'}): not in this image's module index "
+                f"({len(self.index.paths)} modules in {self.index.base})",
+            )
+        pre, post = self.index.softdeps.get(name, ([], []))
+        for soft in pre:
+            self._load_optional(soft, f"pre-softdep of {name}")
+        for dep in [*self.index.deps.get(name, []), name]:
+            if dep in self.loaded or dep in self.index.builtin:
+                continue
+            if dep in self.blacklist:
+                self._emit("module_blacklisted", module=dep, reason=f"needed by {name}")
+                return False
+            path = os.path.join(self.index.base, self.index.paths[dep])
+            try:
+                load_file(path, dep)
+            except OSError as err:
+                if err.errno != errno.EEXIST:
+                    self.failed[dep] = str(err)
+                    raise ModuleError(
+                        err.errno or errno.EIO, f"module {dep} ({path}): {err.strerror}"
+                    ) from err
+            self.loaded.add(dep)
+            self.loaded_here.append(dep)
+            self._emit("module_loaded", module=dep, reason=reason if dep == name else name)
+        for soft in post:
+            self._load_optional(soft, f"post-softdep of {name}")
+        return True
+
+    def _load_optional(self, name: str, reason: str) -> None:
+        if self.index.resolve(name) in self.index.paths:
+            try:
+                self.load(name, reason)
+            except ModuleError as err:
+                self._emit("module_failed", module=name, error=str(err))
+
+    def load_for_modalias(self, modalias: str) -> list[str]:
+        """Load every module of the image matching a device's MODALIAS; failures are logged."""
+        done = []
+        for name in self.index.lookup(modalias):
+            if name in self.loaded or name in self.failed:
+                continue
+            try:
+                if self.load(name, reason=modalias):
+                    done.append(name)
+            except ModuleError as err:
+                self._emit("module_failed", module=name, error=str(err))
+        return done
+
+    def load_all(self, names: Iterable[str], reason: str) -> None:
+        for name in names:
+            self.load(name, reason)

@@ -1,0 +1,61 @@
+"""The stages after the command line, each a plain function of the options it needs."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from pyinit import execinit, log, mountroot, switchroot
+from pyinit.cmdline import Options
+from pyinit.discover import BlockDevice, Discovery, DiscoveryError, Hotplug
+from pyinit.kmod import Loader, ModuleIndex
+
+
+def _emit(event: str, **fields: object) -> None:
+    log.get().info(event, **fields)
+
+
+def load_modules(options: Options) -> Hotplug:
+    """rd.driver.pre first, then coldplug: every existing device's MODALIAS."""
+    base = f"/lib/modules/{os.uname().release}"
+    loader = Loader(ModuleIndex.load(base), options.blacklist, on_event=_emit)
+    loader.load_all(options.driver_pre, reason="rd.driver.pre")
+    hotplug = Hotplug(loader)
+    devices, with_alias = hotplug.coldplug()
+    _emit("coldplug", devices=devices, modaliases=with_alias, index=len(loader.index.paths),
+          loaded=",".join(sorted(loader.loaded_here)) or "none")
+    return hotplug
+
+
+def discover_root(options: Options, hotplug: Hotplug) -> BlockDevice:
+    if options.root is None:
+        raise DiscoveryError("no root= on the kernel command line: expected root=/dev/NAME, "
+                             "UUID=, LABEL=, PARTUUID=, PARTLABEL= or MAJ:MIN")
+    if options.rootdelay:
+        time.sleep(options.rootdelay)
+    discovery = Discovery(options.root, hotplug, options.timeout,
+                          wait_forever=options.rootwait, emit=_emit)
+    device = discovery.run()
+    _emit("root_found", device=device.node, type=device.props.get("ID_FS_TYPE", ""),
+          uuid=device.props.get("ID_FS_UUID", ""), events=hotplug.events)
+    return device
+
+
+def mount_root(options: Options, device: BlockDevice, target: str) -> None:
+    fstype = mountroot.mount_root(device.node, target, options.rootfstype,
+                                  device.props.get("ID_FS_TYPE"), options.rootflags,
+                                  options.read_only)
+    _emit("root_mounted", device=device.node, target=target, type=fstype,
+          mode="ro" if options.read_only else "rw")
+
+
+def hand_over(hotplug: Hotplug, new_root: str) -> tuple[str, int]:
+    hotplug.close()
+    switchroot.make_private("/")
+    switchroot.move_api_mounts(new_root)
+    return switchroot.switch_root(new_root)
+
+
+def exec_init(options: Options) -> None:
+    execinit.reset_process_state()
+    execinit.exec_init(options.init, options.init_args)

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.vm import harness
+from tests.vm.kernels import Kernel
+
+# The modules each test kernel needs for a virtio disk (6.1 has virtio_pci as a module too).
+DRIVERS = {"debian-6.1": ["virtio_pci", "virtio_blk"], "debian-7": ["virtio_blk"]}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/vm/" in str(item.fspath):
+            item.add_marker(pytest.mark.vm)
+
+
+@dataclass
+class Setup:
+    kernel: Kernel
+    image: str
+    build_summary: str
+    disk: harness.Disk
+    workdir: Path
+
+    def boot(self, cmdline: str, name: str, timeout: float = 240,
+             disks: list[str] | None = None) -> harness.BootResult:
+        log = str(self.workdir / f"{name}.log")
+        result = harness.boot(self.kernel.vmlinuz, self.image,
+                              [self.disk.path] if disks is None else disks,
+                              f"console=ttyS0 panic=-1 {cmdline}", log, timeout=timeout)
+        assert not result.timed_out, (
+            f"boot {name} hit the {timeout} s timeout:\n{result.log[-3000:]}")
+        return result
+
+
+@pytest.fixture(scope="session")
+def root_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tree = tmp_path_factory.mktemp("rootfs")
+    harness.make_rootfs(str(tree))
+    shutil.copy(tree / "sbin/init", tree / "sbin/altinit")
+    return tree
+
+
+def make_setup(kernel: Kernel, root_tree: Path, tmp: Path, compression: str = "zstd") -> Setup:
+    image = str(tmp / f"initrd-{kernel.name}.{compression}")
+    summary = harness.build_image(image, kernel.moddir, kernel.kver, DRIVERS[kernel.name],
+                                  compression)
+    disk = harness.make_ext4_disk(str(tmp / "root.img"), str(root_tree))
+    return Setup(kernel, image, summary, disk, tmp)
+
+
+@pytest.fixture(scope="session", params=["debian-6.1", "debian-7"])
+def setup(request: pytest.FixtureRequest, root_tree: Path,
+          tmp_path_factory: pytest.TempPathFactory) -> Setup:
+    kernel = request.getfixturevalue("kernel61" if request.param == "debian-6.1" else "kernel7")
+    return make_setup(kernel, root_tree, tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture(scope="session")
+def unpacked_bytes(setup: Setup) -> int:
+    from pyinit.build import compress
+
+    with open(setup.image, "rb") as fh:
+        return len(compress.decompress(fh.read()))
+
+
+def pytest_report_header() -> list[str]:
+    return [f"pyinit cache: {os.environ.get('PYINIT_CACHE', '~/.cache/pyinit')}"]
