@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from pyinit import libfind
-from pyinit.build import compress, cpio, elfdeps, image, kmodules, pyruntime
+from pyinit.build import compress, cpio, elfdeps, image, kmodules, pyruntime, strip
 from pyinit.kmod import INDEX_NAME
 
 SKELETON = os.path.join(pyruntime.PYINIT_SRC, "rootfs-skel")
@@ -84,11 +84,11 @@ def check_kernel_config(cfg: Config) -> None:
             return
 
 
-def add_elf_closure(img: image.Image, resolver: elfdeps.Resolver, roots: list[str],
-                    part: str, skip: set[str]) -> None:
+def add_elf_closure(img: image.Image, resolver: elfdeps.Resolver, stripper: strip.Stripper,
+                    roots: list[str], part: str, skip: set[str]) -> None:
     for path in resolver.closure(roots):
         if path not in skip:
-            img.add_host_file(path, part=part)
+            img.add_host_file(path, part=part, data=stripper.data(path))
 
 
 def find_library(resolver: elfdeps.Resolver, name: str) -> str:
@@ -105,14 +105,15 @@ def build(cfg: Config) -> tuple[image.Image, bytes, int]:
     img = image.Image()
     runtime = pyruntime.collect(cfg.python)
     resolver = elfdeps.Resolver()
+    stripper = strip.Stripper()
     # Libraries first: they lay down the host's /lib -> usr/lib style links.
     extensions = sorted(runtime.files.values())
     ctypes_libs = [find_library(resolver, name) for name in runtime.libraries]
-    add_elf_closure(img, resolver, [runtime.executable, *extensions, *ctypes_libs],
+    add_elf_closure(img, resolver, stripper, [runtime.executable, *extensions, *ctypes_libs],
                     "python runtime", skip=set(extensions))
     for dest, src in sorted(runtime.files.items()):
         part = "third-party" if dest.startswith(pyruntime.SITE_IN_IMAGE) else "stdlib"
-        img.add_host_file(src, dest, part=part)
+        img.add_host_file(src, dest, part=part, data=stripper.data(src))
     if runtime.executable != "/usr/bin/python3":
         img.add_symlink("/usr/bin/python3", runtime.executable, part="python runtime")
     img.add_bytes(str(runtime.info["zip_path"]), pyruntime.stdlib_zip_bytes(runtime),
@@ -125,9 +126,11 @@ def build(cfg: Config) -> tuple[image.Image, bytes, int]:
     for src, dest in cfg.includes:
         if not os.path.exists(src):
             raise BuildError(f"--include {src} {dest}: expected an existing file, found none")
-        img.add_host_file(src, dest, part="included")
         if elfdeps.is_elf(src):
-            add_elf_closure(img, resolver, [src], "included", skip={src})
+            img.add_host_file(src, dest, part="included", data=stripper.data(src))
+            add_elf_closure(img, resolver, stripper, [src], "included", skip={src})
+        else:
+            img.add_host_file(src, dest, part="included")
     img.add_tree(SKELETON, "/", part="skeleton")
     for directory in API_DIRS:
         img.add_dir(directory)

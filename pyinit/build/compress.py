@@ -20,7 +20,7 @@ def compress(data: bytes, fmt: str, level: int | None = None) -> bytes:
         import zstandard
 
         params = zstandard.ZstdCompressionParameters.from_level(
-            level if level is not None else 15, threads=-1, write_checksum=True,
+            level if level is not None else 9, threads=-1, write_checksum=True,
             write_content_size=True,
         )
         return bytes(zstandard.ZstdCompressor(compression_params=params).compress(data))

@@ -7,12 +7,13 @@ DT_RPATH (when there is no DT_RUNPATH), DT_RUNPATH with $ORIGIN expanded, the di
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 from dataclasses import dataclass, field
 
 from elftools.common.exceptions import ELFError
-from elftools.elf.dynamic import DynamicSection
+from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
 
 DEFAULT_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64",
@@ -42,31 +43,45 @@ def is_elf(path: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=4096)
 def read_elf(path: str) -> ElfInfo:
+    """The loader-relevant facts of one ELF file, from its program headers (PT_INTERP and
+    PT_DYNAMIC): the section table is not needed, and not read."""
     try:
         with open(path, "rb") as fh:
             elf = ELFFile(fh)
             interp = None
-            for segment in elf.iter_segments():
-                if segment["p_type"] == "PT_INTERP":
-                    interp = segment.get_interp_name()  # type: ignore[attr-defined]
             needed: list[str] = []
             rpath: list[str] = []
             runpath: list[str] = []
-            for section in elf.iter_sections():
-                if not isinstance(section, DynamicSection):
-                    continue
-                for tag in section.iter_tags():
-                    if tag.entry.d_tag == "DT_NEEDED":
-                        needed.append(tag.needed)  # type: ignore[attr-defined]
-                    elif tag.entry.d_tag == "DT_RPATH":
-                        rpath.extend(tag.rpath.split(":"))  # type: ignore[attr-defined]
-                    elif tag.entry.d_tag == "DT_RUNPATH":
-                        runpath.extend(tag.runpath.split(":"))  # type: ignore[attr-defined]
+            for segment in elf.iter_segments():
+                if segment["p_type"] == "PT_INTERP":
+                    interp = segment.get_interp_name()  # type: ignore[attr-defined]
+                elif isinstance(segment, DynamicSegment):
+                    for tag in segment.iter_tags():
+                        if tag.entry.d_tag == "DT_NEEDED":
+                            needed.append(tag.needed)  # type: ignore[attr-defined]
+                        elif tag.entry.d_tag == "DT_RPATH":
+                            rpath.extend(tag.rpath.split(":"))  # type: ignore[attr-defined]
+                        elif tag.entry.d_tag == "DT_RUNPATH":
+                            runpath.extend(tag.runpath.split(":"))  # type: ignore[attr-defined]
             return ElfInfo(path, elf["e_machine"], elf.elfclass, interp, tuple(needed),
                            tuple(rpath), tuple(runpath))
     except (OSError, ELFError) as err:
         raise ElfError(f"{path}: expected a readable ELF file, found: {err}") from err
+
+
+def elf_kind(path: str) -> tuple[int, int] | None:
+    """(class, machine) from the ELF header alone; None when PATH is no ELF file."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(20)
+    except OSError:
+        return None
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return None
+    machine = head[18:20] if head[5] == 1 else head[19:17:-1]  # EI_DATA: 1 little, 2 big
+    return head[4], int.from_bytes(machine, "little")
 
 
 def ld_so_conf_dirs(conf: str = "/etc/ld.so.conf") -> list[str]:
@@ -129,8 +144,4 @@ class Resolver:
 
 
 def _same_class(path: str, info: ElfInfo) -> bool:
-    try:
-        other = read_elf(path)
-    except ElfError:
-        return False
-    return other.elfclass == info.elfclass and other.machine == info.machine
+    return elf_kind(path) == elf_kind(info.path)

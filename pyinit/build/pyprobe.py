@@ -1,43 +1,61 @@
-"""Run by the target interpreter (``PYTHON -I -S pyprobe.py ARGS``): report its layout and
-the import closure of the init as JSON on stdout. Uses only the standard library."""
+"""Run by the target interpreter (``PYTHON -I -S pyprobe.py REQUEST``): import the init's
+modules the way the init does and report, as JSON on stdout, every module that import
+loaded (its file) and the interpreter's layout. Uses only the standard library.
 
-import json
-import modulefinder
+The closure is what importing really loads, not every name modulefinder can reach: optional
+imports the importers guard with ``try: ... except ImportError`` (ssl for asyncio, colorama for
+structlog) are loaded here only when the request does not exclude them.
+"""
+
 import sys
-import sysconfig
 
-EXCLUDES = [
-    # Never imported on the init's paths, but reachable through optional imports.
-    "tkinter", "unittest", "pydoc", "doctest", "test", "idlelib", "lib2to3", "ensurepip",
-    "distutils", "setuptools", "pip", "_pytest", "pytest", "cffi", "pycparser", "colorama",
-    "rich", "better_exceptions", "IPython", "_frozen_importlib_external", "greenlet",
-]
+STARTUP = set(sys.modules)  # what the interpreter itself loaded: the image needs it too
+
+import importlib  # noqa: E402 - after STARTUP on purpose
+import json  # noqa: E402
+import sysconfig  # noqa: E402
+
+
+class _Refuse:
+    """A meta path finder that makes the excluded modules unimportable, as in the image."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = set(names)
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name.split(".")[0] in self.names:
+            raise ModuleNotFoundError(f"excluded from the image: {name}", name=name)
 
 
 def main() -> None:
     request = json.loads(sys.argv[1])
     site = sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})
-    path = request["path"] + sys.path + site
-    finder = modulefinder.ModuleFinder(path=path, excludes=EXCLUDES + request["excludes"])
+    sys.path[:0] = request["path"]
+    sys.path.extend(site)
+    sys.meta_path.insert(0, _Refuse(request["excludes"]))
+    for name in set(sys.modules) - STARTUP:
+        del sys.modules[name]  # the probe's own imports count only if the init needs them
+    failed = {}
     for name in request["modules"]:
-        finder.import_hook(name)
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # reported, the builder decides
+            failed[name] = f"{type(err).__name__}: {err}"
     modules = {}
-    for name, module in finder.modules.items():
+    for name, module in sorted(sys.modules.items()):
+        if name == "__main__" or module is None:
+            continue
         modules[name] = {"file": getattr(module, "__file__", None),
                          "package": bool(getattr(module, "__path__", None))}
-    missing = {name: sorted(importers) for name, importers in finder.badmodules.items()
-               if any(i.startswith("pyinit") for i in importers)}
     print(json.dumps({
-        "missing": missing,
+        "failed": failed,
         "version": list(sys.version_info[:2]),
         "executable": sys.executable,
         "prefix": sys.base_prefix,
-        "exec_prefix": sys.base_exec_prefix,
-        "zip_path": sys.path[0],
+        "zip_path": next((p for p in sys.path if p.endswith(".zip")), None),
         "stdlib": sysconfig.get_path("stdlib", vars={"installed_base": sys.base_prefix}),
         "platstdlib": sysconfig.get_path("platstdlib", vars={"platbase": sys.base_exec_prefix}),
         "site": site,
-        "builtin": sorted(sys.builtin_module_names),
         "modules": modules,
     }))
 

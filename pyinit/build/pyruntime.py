@@ -16,10 +16,19 @@ from dataclasses import dataclass, field
 
 PYINIT_SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SITE_IN_IMAGE = "/usr/lib/pyinit"
-# _cffi_backend: loaded by the compiled cffi module itself, invisible to modulefinder.
-INIT_MODULES = ["pyinit.init", "pyinit.stages", "_cffi_backend", "encodings.utf_8",
-                "encodings.latin_1", "encodings.ascii", "encodings.aliases"]
+# What the init imports, including the imports it makes inside functions (pyudev when the
+# devices stage starts, code for the Python rescue console), and the codecs the interpreter
+# itself loads at start-up.
+INIT_MODULES = ["pyinit.init", "pyinit.stages", "pyinit.rescue", "pyinit.discover", "pyudev",
+                "code", "encodings.utf_8", "encodings.latin_1", "encodings.ascii",
+                "encodings.aliases"]
+# Optional imports whose importers fall back cleanly (try/except ImportError) and which the
+# init never needs: asyncio's ssl support (and OpenSSL with it), shutil's bz2, structlog's
+# colorama, readline for the rescue console's line editing.
+EXCLUDES = ["ssl", "_ssl", "bz2", "_bz2", "colorama", "readline"]
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+# As python -OO: docstrings (never read on the boot path) and asserts are compiled out.
+OPTIMIZE = 2
 # C libraries that third-party modules open with ctypes at run time (no DT_NEEDED names them).
 CTYPES_LIBRARIES = {"pyudev": ["udev"]}
 
@@ -69,14 +78,17 @@ def pyc(source_path: str, display_name: str) -> bytes:
     """Unchecked hash-based pyc (PEP 552): no mtime in it, no stat of a source at import."""
     with open(source_path, "rb") as fh:
         source = fh.read()
-    code = compile(source, display_name, "exec", dont_inherit=True, optimize=0)
+    code = compile(source, display_name, "exec", dont_inherit=True, optimize=OPTIMIZE)
     header = importlib.util.MAGIC_NUMBER + (1).to_bytes(4, "little")
     return header + importlib.util.source_hash(source) + marshal.dumps(code)
 
 
 def collect(python: str | None, extra_modules: list[str] | None = None) -> Runtime:
     exe = resolve_python(python)
-    info = probe(exe, INIT_MODULES + (extra_modules or []), [])
+    info = probe(exe, INIT_MODULES + (extra_modules or []), EXCLUDES)
+    if info["failed"]:
+        failures = "; ".join(f"{k}: {v}" for k, v in info["failed"].items())  # type: ignore[attr-defined]
+        raise RuntimeError_(f"{exe} cannot import what the init needs: {failures}")
     version = info["version"]
     if version != list(sys.version_info[:2]):
         found = ".".join(str(v) for v in version)  # type: ignore[attr-defined]
@@ -88,8 +100,7 @@ def collect(python: str | None, extra_modules: list[str] | None = None) -> Runti
     sites = [str(s).rstrip("/") + "/" for s in info["site"]]  # type: ignore[attr-defined]
     src_root = PYINIT_SRC.rstrip("/") + "/"
     modules: dict[str, dict[str, object]] = info["modules"]  # type: ignore[assignment]
-    missing = [f"{name} (imported by {', '.join(importers)}: not found by {exe})"
-               for name, importers in info["missing"].items()]  # type: ignore[attr-defined]
+    missing = []
     for name, module in sorted(modules.items()):
         path = module["file"]
         if path is None:
