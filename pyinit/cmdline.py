@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from pyinit.rootspec import RootSpec, RootSpecError, parse_root
 
+WHITESPACE = frozenset(" \t\n\v\f\r")  # the kernel's isspace(), not Unicode's
 STAGES = ("cmdline", "modules", "discover", "mount", "switch_root")
 EMERGENCY_ACTIONS = ("shell", "reboot", "poweroff", "halt")
 LOG_FORMATS = ("pretty", "json")
@@ -43,6 +44,39 @@ class Options:
     log_format: str = "pretty"
     fsck_mode: str = "auto"
     raw: dict[str, str | None] = field(default_factory=dict)
+    errors: tuple[str, ...] = ()
+    params: tuple[str, ...] = ()
+
+    def to_cmdline(self) -> str:
+        """A canonical command line that parses back to these options."""
+        words = []
+        if self.root is not None:
+            words.append(f"root={self.root.text}")
+        for key, value in (("rootfstype", self.rootfstype), ("rootflags", self.rootflags),
+                           ("init", self.init)):
+            if value is not None:
+                words.append(f"{key}={value}")
+        words.append("ro" if self.read_only else "rw")
+        if self.rootwait:
+            words.append("rootwait")
+        words.append(f"rootdelay={self.rootdelay!r}")
+        words.append(f"rd.timeout={self.timeout!r}")
+        words.extend(f"rd.break={b}" for b in sorted(self.breaks))
+        words.append(f"rd.shell={int(self.shell)}")
+        words.append(f"rd.emergency={self.emergency}")
+        if self.panic is not None:
+            words.append(f"panic={self.panic}")
+        if self.quiet:
+            words.append("quiet")
+        if self.loglevel is not None:
+            words.append(f"loglevel={self.loglevel}")
+        if self.blacklist:
+            words.append("module_blacklist=" + ",".join(sorted(self.blacklist)))
+        if self.driver_pre:
+            words.append("rd.driver.pre=" + ",".join(self.driver_pre))
+        words.append(f"pyinit.log={self.log_format}")
+        words.append(f"fsck.mode={self.fsck_mode}")
+        return join(words, list(self.init_args))
 
 
 def split(text: str) -> tuple[list[str], list[str]]:
@@ -56,7 +90,7 @@ def split(text: str) -> tuple[list[str], list[str]]:
             in_quote = not in_quote
             started = True
             continue
-        if ch.isspace() and not in_quote:
+        if ch in WHITESPACE and not in_quote:
             if started:
                 words.append("".join(word))
                 word, started = [], False
@@ -71,18 +105,38 @@ def split(text: str) -> tuple[list[str], list[str]]:
     return words, []
 
 
+def _quote(word: str) -> str:
+    return f'"{word}"' if any(c in WHITESPACE for c in word) or not word else word
+
+
+def join(params: list[str], init_args: list[str]) -> str:
+    """The inverse of split(): words with white space are quoted whole."""
+    text = " ".join(_quote(p) for p in params)
+    if init_args:
+        text += " -- " + " ".join(_quote(a) for a in init_args)
+    return text
+
+
+def amend(options: Options, extra: str) -> Options:
+    """OPTIONS with more parameters appended (later keys win), init arguments kept."""
+    params, _ = split(extra)
+    return parse(join([*options.params, *params], list(options.init_args)))
+
+
 def _number(key: str, value: str | None, minimum: float = 0) -> float:
     try:
         number = float(value or "")
     except ValueError:
         raise CmdlineError(f"{key}={value or ''}: expected a number of seconds") from None
-    if number != number or number < minimum:
+    if number != number or number < minimum or number == float("inf"):
         raise CmdlineError(f"{key}={value}: expected a number >= {minimum:g}")
     return number
 
 
 def _integer(key: str, value: str | None) -> int:
     try:
+        if len(value or "") > 18:
+            raise ValueError(value)
         return int(value or "")
     except ValueError:
         raise CmdlineError(f"{key}={value or ''}: expected a whole number") from None
@@ -107,64 +161,82 @@ def _boolean(key: str, value: str | None) -> bool:
 
 
 def parse(text: str) -> Options:
-    """Parse the command line text. Raises CmdlineError for a known key with a bad value."""
+    """Parse the command line. Never raises: each known key with a bad value leaves an
+    entry in ``errors`` (naming the key, what was expected and what was found), and the
+    key keeps its default; the boot decides what to do about errors."""
     params, init_args = split(text)
     raw: dict[str, str | None] = {}
     values: dict[str, object] = {}
     breaks: set[str] = set()
     blacklist: set[str] = set()
     driver_pre: list[str] = []
+    errors: list[str] = []
     for param in params:
         key, sep, val = param.partition("=")
         value: str | None = val if sep else None
         raw[key] = value
-        if key == "root":
-            try:
-                values["root"] = parse_root(value or "")
-            except RootSpecError as err:
-                raise CmdlineError(str(err)) from None
-        elif key in ("rootfstype", "rootflags", "init"):
-            if not value:
-                raise CmdlineError(f"{key}= is empty: expected a value")
-            if key == "init" and not value.startswith("/"):
-                raise CmdlineError(f"init={value}: expected an absolute path")
-            values[key] = value
-        elif key == "ro" and value is None:
-            values["read_only"] = True
-        elif key == "rw" and value is None:
-            values["read_only"] = False
-        elif key == "rootwait" and value is None:
-            values["rootwait"] = True
-        elif key == "rootdelay":
-            values["rootdelay"] = _number(key, value)
-        elif key == "rd.timeout":
-            values["timeout"] = _number(key, value)
-        elif key == "rd.break":
-            for stage in (value or "switch_root").split(","):
-                breaks.add(_choice(key, stage, STAGES))
-        elif key == "rd.shell":
-            values["shell"] = True if value is None else _boolean(key, value)
-        elif key == "rd.emergency":
-            values["emergency"] = _choice(key, value, EMERGENCY_ACTIONS)
-        elif key == "panic":
-            values["panic"] = _integer(key, value)
-        elif key == "quiet" and value is None:
-            values["quiet"] = True
-        elif key == "loglevel":
-            values["loglevel"] = _integer(key, value)
-        elif key in ("module_blacklist", "modprobe.blacklist"):
-            blacklist.update(_names(value))
-        elif key == "rd.driver.pre":
-            driver_pre.extend(n for n in _names(value) if n not in driver_pre)
-        elif key == "pyinit.log":
-            values["log_format"] = _choice(key, value, LOG_FORMATS)
-        elif key == "fsck.mode":
-            values["fsck_mode"] = _choice(key, value, ("auto", "skip", "force"))
+        try:
+            _apply(key, value, values, breaks, blacklist, driver_pre)
+        except CmdlineError as err:
+            errors.append(str(err))
     return Options(
         breaks=frozenset(breaks),
         blacklist=frozenset(blacklist),
         driver_pre=tuple(driver_pre),
         init_args=tuple(init_args),
         raw=raw,
+        errors=tuple(errors),
+        params=tuple(params),
         **values,  # type: ignore[arg-type]
     )
+
+
+def parse_bytes(data: bytes) -> Options:
+    """/proc/cmdline as read: bytes that are not UTF-8 become U+FFFD, NULs separate words."""
+    return parse(data.replace(b"\0", b" ").decode("utf-8", errors="replace"))
+
+
+def _apply(key: str, value: str | None, values: dict[str, object], breaks: set[str],
+           blacklist: set[str], driver_pre: list[str]) -> None:
+    if key == "root":
+        try:
+            values["root"] = parse_root(value or "")
+        except RootSpecError as err:
+            raise CmdlineError(str(err)) from None
+    elif key in ("rootfstype", "rootflags", "init"):
+        if not value:
+            raise CmdlineError(f"{key}= is empty: expected a value")
+        if key == "init" and not value.startswith("/"):
+            raise CmdlineError(f"init={value}: expected an absolute path")
+        values[key] = value
+    elif key == "ro" and value is None:
+        values["read_only"] = True
+    elif key == "rw" and value is None:
+        values["read_only"] = False
+    elif key == "rootwait" and value is None:
+        values["rootwait"] = True
+    elif key == "rootdelay":
+        values["rootdelay"] = _number(key, value)
+    elif key == "rd.timeout":
+        values["timeout"] = _number(key, value)
+    elif key == "rd.break":
+        for stage in (value or "switch_root").split(","):
+            breaks.add(_choice(key, stage, STAGES))
+    elif key == "rd.shell":
+        values["shell"] = True if value is None else _boolean(key, value)
+    elif key == "rd.emergency":
+        values["emergency"] = _choice(key, value, EMERGENCY_ACTIONS)
+    elif key == "panic":
+        values["panic"] = _integer(key, value)
+    elif key == "quiet" and value is None:
+        values["quiet"] = True
+    elif key == "loglevel":
+        values["loglevel"] = _integer(key, value)
+    elif key in ("module_blacklist", "modprobe.blacklist"):
+        blacklist.update(_names(value))
+    elif key == "rd.driver.pre":
+        driver_pre.extend(n for n in _names(value) if n not in driver_pre)
+    elif key == "pyinit.log":
+        values["log_format"] = _choice(key, value, LOG_FORMATS)
+    elif key == "fsck.mode":
+        values["fsck_mode"] = _choice(key, value, ("auto", "skip", "force"))

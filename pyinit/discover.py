@@ -57,6 +57,37 @@ class BlockDevice:
         )
 
 
+def scan_sysfs(sys_block: str = "/sys/class/block") -> list[BlockDevice]:
+    """Every block device the kernel has, read from sysfs and probed (no udev needed)."""
+    devices: list[BlockDevice] = []
+    try:
+        names = sorted(os.listdir(sys_block))
+    except OSError:
+        return devices
+    for name in names:
+        base = os.path.join(sys_block, name)
+        try:
+            with open(os.path.join(base, "dev"), encoding="ascii") as fh:
+                major, minor = (int(x) for x in fh.read().strip().split(":"))
+        except (OSError, ValueError):
+            continue
+        partnum: int | None = None
+        disk = f"/dev/{name}"
+        if os.path.exists(os.path.join(base, "partition")):
+            with open(os.path.join(base, "partition"), encoding="ascii") as fh:
+                partnum = int(fh.read().strip() or 0)
+            parent = os.path.basename(os.path.dirname(os.path.realpath(base)))
+            disk = f"/dev/{parent}"
+        dev = BlockDevice(f"/dev/{name}", (major, minor),
+                          "partition" if partnum is not None else "disk", disk, partnum)
+        try:
+            dev.props = probe_properties(dev.node)
+        except OSError as err:
+            dev.probe_error = err.strerror or str(err)
+        devices.append(dev)
+    return devices
+
+
 def probe_properties(node: str) -> dict[str, str]:
     """libblkid's view of a device, under udev's property names."""
     values = syscalls.probe_block(node)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 
 DEFAULT_INITS = ("/sbin/init", "/etc/init", "/bin/init", "/bin/sh")
 ENVIRONMENT = {"HOME": "/", "TERM": "linux"}
@@ -18,17 +17,6 @@ def candidates(requested: str | None) -> list[str]:
     names = [requested] if requested else []
     names += [n for n in DEFAULT_INITS if n not in names]
     return names
-
-
-def reset_process_state() -> None:
-    """What the real init must not inherit: Python ignores SIGPIPE/SIGXFSZ; fds above 2."""
-    for signum in range(1, signal.NSIG):
-        try:
-            signal.signal(signum, signal.SIG_DFL)
-        except (OSError, ValueError):
-            continue
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    os.closerange(3, 65536)
 
 
 def exec_init(requested: str | None, args: tuple[str, ...]) -> None:

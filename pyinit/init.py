@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
-from pyinit import cmdline, log, rescue, syscalls
+from pyinit import cmdline, log, pid1, rescue, syscalls
 from pyinit.cmdline import Options
 
 T = TypeVar("T")
@@ -45,9 +45,9 @@ def reopen_console() -> None:
         os.close(console)
 
 
-def read_options() -> Options:
-    with open("/proc/cmdline", encoding="utf-8", errors="replace") as fh:
-        return cmdline.parse(fh.read())
+def read_cmdline() -> Options:
+    with open("/proc/cmdline", "rb") as fh:
+        return cmdline.parse_bytes(fh.read())
 
 
 class Boot:
@@ -60,22 +60,33 @@ class Boot:
     def stage(self, name: str, run: Callable[[], T]) -> T:
         if name in self.options.breaks:
             log.get().info("break", stage=name)
-            rescue.open_console(name)
+            rescue.open_console(name, self)
         while True:
             start = time.monotonic()
             try:
                 result = run()
             except Exception as err:  # every failure goes through one path
-                rescue.failure(name, err, self.options)
+                rescue.failure(name, err, self)
                 continue
             log.get().info("stage", stage=name, duration=round(time.monotonic() - start, 3))
             return result
 
+    def check_cmdline(self) -> None:
+        """Bad values on the command line stop the boot here, with every problem named;
+        the rest of the line (rd.shell=, rd.emergency=, ...) is already in force."""
+        log.configure(self.options.log_format, self.options.quiet)
+        if self.options.errors:
+            raise cmdline.CmdlineError("; ".join(self.options.errors))
+
     def run(self) -> NoReturn:
         early_mounts()
         log.configure()
-        self.options = self.stage("cmdline", read_options)
-        log.configure(self.options.log_format, self.options.quiet)
+        pid1.take_over(rescue.ctrl_alt_del)
+        try:
+            self.options = read_cmdline()
+        except OSError as err:
+            log.get().error("cmdline_unreadable", error=str(err))
+        self.stage("cmdline", self.check_cmdline)
 
         from pyinit import stages  # the rest of the boot, imported once logging works
 
@@ -94,6 +105,6 @@ def main() -> NoReturn:
     try:
         boot.run()
     except BaseException as err:
-        rescue.failure("init", err, boot.options)
+        rescue.failure("init", err, boot)
         rescue.power("halt")
     sys.exit(1)  # unreachable: power() never returns

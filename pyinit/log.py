@@ -16,6 +16,13 @@ from typing import Any
 import structlog
 
 PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
+_RECENT: list[str] = []  # the last rendered lines, for the rescue console's log()
+
+
+def recent() -> list[str]:
+    return list(_RECENT)
+
+
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
@@ -49,6 +56,8 @@ class KmsgConsoleLogger:
         """Into the kernel log, which shows it on the console by the kernel's loglevel
         (so ``quiet`` hides info but never errors); straight to the console without kmsg."""
         line = f"pyinit: {message}"
+        _RECENT.append(line)
+        del _RECENT[:-200]
         if self.kmsg_fd is not None and self.records >= self.RECORDS_PER_OPEN:
             self._reopen()
         if self.kmsg_fd is not None:

@@ -10,14 +10,25 @@ import time
 import traceback
 from typing import NoReturn
 
-from pyinit import log, syscalls
-from pyinit.cmdline import Options
+from pyinit import console, log, pid1, syscalls
 
-SHELLS = ("/bin/sh", "/bin/busybox", "/usr/bin/sh")
+SHELLS = ("/bin/sh", "/usr/bin/sh", "/bin/busybox")
 ACTIONS = {
     "reboot": syscalls.RB_AUTOBOOT,
     "poweroff": syscalls.RB_POWER_OFF,
     "halt": syscalls.RB_HALT_SYSTEM,
+}
+HINTS = {
+    "cmdline": "correct the kernel command line in the boot loader",
+    "modules": "check that the image carries the module (mkinitramfs.py --list) and that it "
+               "matches the kernel; module_blacklist= skips one",
+    "discover": "check root= against the devices listed; add the disk's driver to the image "
+                "(--add-drivers), or add rootwait for slow devices",
+    "mount": "check rootfstype= and rootflags=, that the filesystem's module is in the image, "
+             "and the filesystem itself (fsck)",
+    "switch_root": "the root filesystem needs /dev, /proc, /sys and /run directories",
+    "exec": "init= must name an executable on the root filesystem; /sbin/init is the default",
+    "init": "this is a bug in pyinit: please report the traceback",
 }
 
 
@@ -29,7 +40,8 @@ def _console(text: str) -> None:
 
 
 def power(action: str) -> NoReturn:
-    """Unmount the real root (if mounted), sync, and reboot/power off/halt. Never returns."""
+    """End every child, unmount the real root, sync, then reboot/power off/halt."""
+    pid1.end_children(grace=1.0)
     for path in ("/sysroot",):
         if os.path.ismount(path):
             try:
@@ -40,52 +52,73 @@ def power(action: str) -> NoReturn:
                 except OSError:
                     pass
     os.sync()
+    log.get().info("power", action=action)
     try:
         syscalls.reboot(ACTIONS[action])
     except OSError as err:
-        _console(f"pyinit: {action} failed: {err}; halting here\n")
-    while True:
+        _console(f"pyinit: {action} failed: {err.strerror}; stopping here\n")
+    while True:  # halt returns to us on some machines; PID 1 must not exit
         time.sleep(3600)
 
 
-def open_console(stage: str) -> None:
-    """A shell on the console when the image has one, else a Python console. Returns on exit."""
+def ctrl_alt_del() -> None:
+    _console("\npyinit: Ctrl-Alt-Del: rebooting\n")
+    power("reboot")
+
+
+def open_console(stage: str, boot: console.BootState) -> bool:
+    """A shell on the console when the image has one, else the Python console. Returns
+    False (and does nothing) when rd.shell=0 locks the console away."""
+    if not boot.options.shell:
+        log.get().warning("console_locked", stage=stage, reason="rd.shell=0")
+        return False
     for shell in SHELLS:
         if os.access(shell, os.X_OK):
-            _console(f"pyinit: starting {shell}; leave it (exit) to retry stage {stage}\n")
+            _console(f"pyinit: starting {shell} (stage {stage}); exit it to go on\n")
             argv = [shell, "sh"] if shell.endswith("busybox") else [shell]
             try:
-                subprocess.run(argv, check=False, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-                                                       "PS1": f"pyinit({stage})# "})
+                subprocess.run(argv, check=False, env={
+                    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PS1": f"pyinit({stage})# "})
             except OSError as err:
-                _console(f"pyinit: cannot start {shell}: {err}\n")
+                _console(f"pyinit: cannot start {shell}: {err.strerror}\n")
                 continue
-            return
-    import code
+            pid1.reap()
+            return True
+    console.interact(boot, stage)
+    pid1.reap()
+    return True
 
-    _console(f"pyinit: no shell in this image: Python console; leave it (Ctrl-D) to retry "
-             f"stage {stage}\n")
-    code.interact(banner="", local={"os": os, "syscalls": syscalls}, exitmsg="")
 
-
-def failure(stage: str, error: BaseException, options: Options) -> None:
-    """Report ERROR in STAGE and act. Returns only when the stage should be tried again."""
+def describe(stage: str, error: BaseException) -> list[str]:
+    """The few lines a person reads: stage, what went wrong (asked/found), what to try."""
     detail = str(error) or type(error).__name__
-    log.get().error("failure", stage=stage, error=detail)
-    lines = [f"\npyinit: boot failed in stage {stage}: {detail}\n"]
-    if not isinstance(error, (OSError, ValueError, RuntimeError)):
-        lines.append("".join(traceback.format_exception(error)))
-    _console("".join(lines))
+    lines = [f"boot failed in stage {stage}: {detail}"]
+    hint = HINTS.get(stage)
+    if hint:
+        lines.append(f"try: {hint}")
+    return lines
+
+
+def failure(stage: str, error: BaseException, boot: console.BootState) -> None:
+    """Report ERROR in STAGE and act. Returns only when the stage should be tried again."""
+    lines = describe(stage, error)
+    log.get().error("failure", stage=stage, error=lines[0].split(": ", 1)[1])
+    text = "\n" + "".join(f"pyinit: {line}\n" for line in lines)
+    if not isinstance(error, (OSError, ValueError, RuntimeError, LookupError)):
+        text += "".join(traceback.format_exception(error))
+    _console(text)
+    options = boot.options
     action = options.emergency
     if action == "shell" and not options.shell:
         action = "halt"
-    if options.panic is not None and options.panic != 0 and action in ("shell", "halt"):
+    if options.panic and action in ("shell", "halt"):
         delay = max(options.panic, 0)
         _console(f"pyinit: rebooting in {delay} s (panic={options.panic})\n")
         time.sleep(delay)
         power("reboot")
     if action == "shell":
-        open_console(stage)
+        _console(f"pyinit: leaving the console retries stage {stage}\n")
+        open_console(stage, boot)
         return
     _console(f"pyinit: rd.emergency={action}\n")
     power(action)

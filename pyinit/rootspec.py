@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 KINDS = ("path", "uuid", "label", "partuuid", "partlabel", "devnum")
 
@@ -29,6 +29,7 @@ class RootSpec:
     value: str
     partnroff: int = 0
     devnum: tuple[int, int] | None = None
+    text: str = field(default="", compare=False)  # root= as written
 
     def describe(self) -> str:
         if self.kind == "devnum" and self.devnum is not None:
@@ -54,6 +55,10 @@ def _decode_hex_devt(text: str) -> tuple[int, int]:
 
 def parse_root(value: str) -> RootSpec:
     """Parse a root= value. Raises RootSpecError naming what was expected."""
+    return replace(_parse_root(value), text=value)
+
+
+def _parse_root(value: str) -> RootSpec:
     text = value.strip()
     if not text:
         raise RootSpecError("root= is empty: expected /dev/NAME, UUID=, LABEL=, PARTUUID=, "

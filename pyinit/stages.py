@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from pyinit import execinit, log, mountroot, switchroot
+from pyinit import execinit, log, mountroot, pid1, switchroot
 from pyinit.cmdline import Options
 from pyinit.discover import BlockDevice, Discovery, DiscoveryError, Hotplug
 from pyinit.kmod import Loader, ModuleIndex
@@ -57,5 +57,8 @@ def hand_over(hotplug: Hotplug, new_root: str) -> tuple[str, int]:
 
 
 def exec_init(options: Options) -> None:
-    execinit.reset_process_state()
-    execinit.exec_init(options.init, options.init_args)
+    pid1.hand_back()
+    try:
+        execinit.exec_init(options.init, options.init_args)
+    finally:
+        log.configure(options.log_format, options.quiet)  # hand_back closed the kmsg fd

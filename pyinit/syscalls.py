@@ -119,7 +119,8 @@ def finit_module(fd: int, params: str = "", flags: int = 0, name: str = "") -> N
 
 def reboot(cmd: int) -> None:
     """reboot(2). Only returns (or raises) for RB_ENABLE_CAD/RB_DISABLE_CAD or on error."""
-    if lib.reboot(cmd) != 0:
+    signed = cmd - (1 << 32) if cmd >= 1 << 31 else cmd  # the magic numbers exceed INT_MAX
+    if lib.reboot(signed) != 0:
         raise _fail(f"reboot {cmd:#x}")
 
 
