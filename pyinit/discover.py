@@ -157,7 +157,7 @@ def find_root(spec: RootSpec, devices: dict[str, BlockDevice]) -> BlockDevice | 
                  if d.disk == base.disk and d.partnum == want and d.devtype == "partition"]
     if len(found) > 1:
         names = ", ".join(d.summary() for d in sorted(found, key=lambda d: d.node))
-        raise DiscoveryError(f"root={spec.value}: {spec.describe()} matches {len(found)} "
+        raise DiscoveryError(f"root={spec.text}: {spec.describe()} matches {len(found)} "
                              f"devices, refusing to guess: {names}")
     return found[0] if found else None
 
@@ -251,5 +251,5 @@ class Discovery:
         return "; ".join(d.summary() for d in sorted(self.devices.values(), key=lambda d: d.node))
 
     def not_found_message(self) -> str:
-        return (f"no device matched root={self.spec.value} ({self.spec.describe()}) within "
+        return (f"no device matched root={self.spec.text} ({self.spec.describe()}) within "
                 f"{self.timeout:g} s; block devices seen: {self.seen_text()}")

@@ -79,7 +79,7 @@ def mount_root(device: str, target: str, fstype: str | None, probed_type: str | 
             syscalls.mount(device, target, candidate, flags, data or None)
             return candidate
         except OSError as err:
-            errors.append(f"{candidate}: {err.strerror}")
+            errors.append(f"{candidate}: {os.strerror(err.errno or 0)}")
             if err.errno == errno.EACCES and not flags & syscalls.MS_RDONLY:
                 # Write-protected media: the kernel retries read-only too.
                 try:
@@ -87,7 +87,7 @@ def mount_root(device: str, target: str, fstype: str | None, probed_type: str | 
                                    data or None)
                     return candidate
                 except OSError as err2:
-                    errors.append(f"{candidate} (read-only): {err2.strerror}")
+                    errors.append(f"{candidate} (read-only): {os.strerror(err2.errno or 0)}")
     known = ", ".join(filesystems()) or "none"
     tried = "; ".join(errors) or "no filesystem type to try"
     raise MountError(

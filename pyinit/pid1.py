@@ -46,8 +46,9 @@ def children() -> list[int]:
     return found
 
 
-def end_children(grace: float = 2.0) -> None:
-    """SIGTERM every child, SIGKILL what is left after GRACE seconds, and reap them all."""
+def end_children(grace: float = 2.0) -> int:
+    """SIGTERM every child, SIGKILL what is left after GRACE seconds, and reap them all.
+    Returns how many there were."""
     pids = children()
     for pid in pids:
         try:
@@ -69,6 +70,7 @@ def end_children(grace: float = 2.0) -> None:
         except ChildProcessError:
             break
     reap()
+    return len(pids)
 
 
 def take_over(on_ctrl_alt_del: Callable[[], None]) -> None:
@@ -86,10 +88,11 @@ def take_over(on_ctrl_alt_del: Callable[[], None]) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def hand_back() -> None:
+def hand_back() -> int:
     """What the real init must start with: no children, default signal dispositions, an
-    empty signal mask, no descriptors above 2, and the kernel's own Ctrl-Alt-Del."""
-    end_children()
+    empty signal mask, no descriptors above 2, and the kernel's own Ctrl-Alt-Del.
+    Returns the number of leftover children that had to be ended."""
+    ended = end_children()
     for signum in range(1, signal.NSIG):
         try:
             signal.signal(signum, signal.SIG_DFL)
@@ -103,3 +106,4 @@ def hand_back() -> None:
         except OSError as err:
             if err.errno != errno.EPERM:
                 raise
+    return ended

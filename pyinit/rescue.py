@@ -91,7 +91,8 @@ def open_console(stage: str, boot: console.BootState) -> bool:
 
 def describe(stage: str, error: BaseException) -> list[str]:
     """The few lines a person reads: stage, what went wrong (asked/found), what to try."""
-    detail = str(error) or type(error).__name__
+    detail = (error.strerror if isinstance(error, OSError) and error.strerror
+              else str(error)) or type(error).__name__
     lines = [f"boot failed in stage {stage}: {detail}"]
     hint = HINTS.get(stage)
     if hint:

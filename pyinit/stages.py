@@ -57,7 +57,10 @@ def hand_over(hotplug: Hotplug, new_root: str) -> tuple[str, int]:
 
 
 def exec_init(options: Options) -> None:
-    pid1.hand_back()
+    ended = pid1.hand_back()
+    if ended:
+        log.configure(options.log_format, options.quiet)
+        log.get().warning("children_ended", count=ended)
     try:
         execinit.exec_init(options.init, options.init_args)
     finally:

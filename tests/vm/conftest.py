@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.vm import harness
+from tests.vm.harness import BootResult
 from tests.vm.kernels import Kernel
 
 # The modules each test kernel needs for a virtio disk (6.1 has virtio_pci as a module too).
@@ -72,3 +73,15 @@ def unpacked_bytes(setup: Setup) -> int:
 
 def pytest_report_header() -> list[str]:
     return [f"pyinit cache: {os.environ.get('PYINIT_CACHE', '~/.cache/pyinit')}"]
+
+
+@pytest.fixture(scope="session")
+def default_boot(setup: Setup) -> BootResult:
+    return setup.boot(f"root=UUID={setup.disk.uuid} rd.shell=0 rd.emergency=poweroff",
+                      "default")
+
+
+@pytest.fixture(scope="session")
+def custom_boot(setup: Setup) -> BootResult:
+    return setup.boot(f"root=UUID={setup.disk.uuid} rw init=/sbin/altinit rd.shell=0 "
+                      'rd.emergency=poweroff -- alpha "beta gamma"', "custom")

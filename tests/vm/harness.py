@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -37,7 +39,12 @@ while read -r name rest; do echo "MODULE $name"; done < /proc/modules
 for f in /init /usr/lib/pyinit /etc/initrd-release /root/.pyenv /sysroot; do
   [ -e "$f" ] && echo "TESTINIT reachable $f"
 done
-for fd in /proc/self/fd/*; do echo "FD $fd $(readlink $fd)"; done
+echo "FDLS $(ls /proc/self/fd | tr '\n' ' ')"
+echo "SIGNALS $(grep -E '^Sig(Ign|Blk)' /proc/self/status | tr '\n\t' '  ')"
+for p in /proc/[0-9]*; do
+  read -r pid comm state ppid rest < "$p/stat" 2>/dev/null || continue
+  [ "$pid" = 2 ] || [ "$ppid" = 2 ] || echo "PROC $pid $comm $state $ppid"
+done
 echo "TESTINIT done"
 sync
 poweroff -f
@@ -137,3 +144,80 @@ def build_image(output: str, kernel_moddir: str, kver: str, drivers: list[str],
     if done.returncode != 0:
         raise RuntimeError(f"mkinitramfs.py failed: {done.stderr.strip()}")
     return done.stdout
+
+
+class InteractiveVM:
+    """A qemu whose serial console the test reads and types into, with a monitor socket
+    for keys (Ctrl-Alt-Del) and hotplug. Always stopped by stop() or its timeout."""
+
+    def __init__(self, vmlinuz: str, initrd: str, disks: list[str], cmdline: str,
+                 workdir: str, memory_mb: int = 512) -> None:
+        self.monitor_path = os.path.join(workdir, f"monitor-{uuid.uuid4().hex[:8]}.sock")
+        argv = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", str(memory_mb),
+                "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
+                "-serial", "stdio", "-monitor", f"unix:{self.monitor_path},server=on,wait=off",
+                "-kernel", vmlinuz, "-initrd", initrd, "-append", cmdline]
+        for disk in disks:
+            argv += ["-drive", f"file={disk},format=raw,if=virtio"]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        self.output = bytearray()
+        self.position = 0
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while chunk := os.read(self.proc.stdout.fileno(), 4096):
+            with self._lock:
+                self.output += chunk
+
+    @property
+    def log(self) -> str:
+        with self._lock:
+            return self.output.decode(errors="replace")
+
+    def expect(self, pattern: str, timeout: float = 120) -> re.Match[str]:
+        """Wait for PATTERN in the output after the previous match."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log
+            m = regex.search(text, self.position)
+            if m:
+                self.position = m.end()
+                return m
+            if self.proc.poll() is not None and self._reader.is_alive() is False:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{pattern!r} not seen within {timeout} s; console tail:\n"
+                             f"{self.log[-3000:]}")
+
+    def send(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
+
+    def monitor(self, command: str) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(self.monitor_path)
+            sock.recv(4096)  # the banner
+            sock.sendall(command.encode() + b"\n")
+            time.sleep(0.5)
+
+    def wait(self, timeout: float = 120) -> int:
+        """Wait for qemu to exit (the guest powered off or rebooted with -no-reboot)."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise AssertionError(f"the VM did not stop within {timeout} s; console tail:\n"
+                                 f"{self.log[-3000:]}") from None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=5)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.vm.conftest import Setup
 from tests.vm.harness import BootResult
 
@@ -21,18 +19,6 @@ def root_mount(result: BootResult) -> list[str]:
         if fields[4] == "/":
             return fields
     raise AssertionError(f"no / in the real init's mountinfo:\n{result.log[-2000:]}")
-
-
-@pytest.fixture(scope="session")
-def default_boot(setup: Setup) -> BootResult:
-    return setup.boot(f"root=UUID={setup.disk.uuid} rd.shell=0 rd.emergency=poweroff",
-                      "default")
-
-
-@pytest.fixture(scope="session")
-def custom_boot(setup: Setup) -> BootResult:
-    return setup.boot(f"root=UUID={setup.disk.uuid} rw init=/sbin/altinit rd.shell=0 "
-                      'rd.emergency=poweroff -- alpha "beta gamma"', "custom")
 
 
 def test_real_init_runs_as_pid_1(default_boot: BootResult) -> None:
