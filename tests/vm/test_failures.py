@@ -107,3 +107,11 @@ def test_bad_command_line_never_crashes(setup: Setup) -> None:
            "root=UUID=: expected a value after UUID=" in result.log
 
 
+
+
+def test_panic_reboots_after_the_delay(setup: Setup) -> None:
+    # Console allowed, but panic=2 asks for a reboot instead of waiting (as the kernel does).
+    result = setup.boot("rd.timeout=2 panic=2 root=LABEL=absent", "panic", timeout=90)
+    assert "pyinit: rebooting in 2 s (panic=2)" in result.log
+    assert "reboot: Restarting system" in result.log
+    assert "rescue console" not in result.log
