@@ -43,6 +43,7 @@ class Options:
     driver_pre: tuple[str, ...] = ()
     log_format: str = "pretty"
     fsck_mode: str = "auto"
+    fsck_repair: str = "preen"
     raw: dict[str, str | None] = field(default_factory=dict)
     errors: tuple[str, ...] = ()
     params: tuple[str, ...] = ()
@@ -76,6 +77,7 @@ class Options:
             words.append("rd.driver.pre=" + ",".join(self.driver_pre))
         words.append(f"pyinit.log={self.log_format}")
         words.append(f"fsck.mode={self.fsck_mode}")
+        words.append(f"fsck.repair={self.fsck_repair}")
         return join(words, list(self.init_args))
 
 
@@ -240,3 +242,5 @@ def _apply(key: str, value: str | None, values: dict[str, object], breaks: set[s
         values["log_format"] = _choice(key, value, LOG_FORMATS)
     elif key == "fsck.mode":
         values["fsck_mode"] = _choice(key, value, ("auto", "skip", "force"))
+    elif key == "fsck.repair":
+        values["fsck_repair"] = _choice(key, value, ("preen", "yes", "no"))

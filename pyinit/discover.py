@@ -9,6 +9,7 @@ and probes block devices with libblkid to learn the properties udev would have s
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +31,25 @@ _BLKID_TO_UDEV = {
     "PART_ENTRY_NUMBER": "ID_PART_ENTRY_NUMBER",
     "PART_ENTRY_TYPE": "ID_PART_ENTRY_TYPE",
 }
-SHOWN = ("ID_FS_TYPE", "ID_FS_UUID", "ID_FS_LABEL", "ID_PART_ENTRY_UUID", "ID_PART_ENTRY_NAME")
+SHOWN = ("ID_FS_TYPE", "ID_FS_UUID", "ID_FS_LABEL", "ID_PART_ENTRY_UUID", "ID_PART_ENTRY_NAME",
+         "ID_PATH")
+_PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+BY_PATH = "/dev/disk/by-path/"
+
+
+def path_id(sys_path: str) -> str | None:
+    """udev's ID_PATH for PCI-attached disks (virtio-blk, nvme), from the sysfs path alone:
+    ``pci-0000:00:04.0`` (nvme: ``-nvme-N`` added). None for other buses."""
+    parts = os.path.realpath(sys_path).split("/")
+    pci = [p for p in parts if _PCI_ADDRESS.match(p)]
+    if not pci:
+        return None
+    ident = f"pci-{pci[-1]}"
+    if any(p.startswith("nvme") for p in parts):
+        nsid = re.search(r"nvme\d+n(\d+)", sys_path)
+        if nsid:
+            ident += f"-nvme-{nsid.group(1)}"
+    return ident
 
 
 class DiscoveryError(RuntimeError):
@@ -84,6 +103,7 @@ def scan_sysfs(sys_block: str = "/sys/class/block") -> list[BlockDevice]:
             dev.props = probe_properties(dev.node)
         except OSError as err:
             dev.probe_error = err.strerror or str(err)
+        _add_path_id(dev, base)
         devices.append(dev)
     return devices
 
@@ -121,7 +141,15 @@ def block_device(device: Any, udev_props: bool) -> BlockDevice:
     if "ID_PART_ENTRY_NUMBER" in dev.props and partnum is None:
         partnum = int(dev.props["ID_PART_ENTRY_NUMBER"])
         dev.partnum = partnum
+    _add_path_id(dev, device.sys_path)
     return dev
+
+
+def _add_path_id(dev: BlockDevice, sys_path: str) -> None:
+    if "ID_PATH" not in dev.props:
+        ident = path_id(sys_path)
+        if ident:
+            dev.props["ID_PATH"] = ident + (f"-part{dev.partnum}" if dev.partnum else "")
 
 
 def matches(spec: RootSpec, dev: BlockDevice) -> bool:
@@ -129,6 +157,8 @@ def matches(spec: RootSpec, dev: BlockDevice) -> bool:
     if spec.kind == "path":
         if spec.value == dev.node:
             return True
+        if spec.value.startswith(BY_PATH) and "ID_PATH" in props:
+            return spec.value[len(BY_PATH):] == props["ID_PATH"]
         try:
             st = os.stat(spec.value)
         except OSError:
@@ -191,9 +221,10 @@ class Hotplug:
     def block_devices(self) -> list[Any]:
         return list(self.context.list_devices(subsystem="block"))
 
-    def next_event(self, timeout: float) -> Any:
-        """The next uevent (its modules loaded already), or None after TIMEOUT seconds."""
-        device = self.monitor.poll(timeout=max(timeout, 0.01))
+    def next_event(self, timeout: float, block: bool = True) -> Any:
+        """The next uevent (its modules loaded already), or None after TIMEOUT seconds
+        (at once with block=False when nothing is queued)."""
+        device = self.monitor.poll(timeout=max(timeout, 0.01) if block else 0)
         if device is None:
             return None
         self.events += 1
@@ -239,7 +270,21 @@ class Discovery:
             if device.subsystem == "block" and device.device_node:
                 self._add(device)
                 found = find_root(self.spec, self.devices)
+                if found is not None:
+                    found = self._confirm()
         return found
+
+    def _confirm(self) -> BlockDevice | None:
+        """Before settling on a match, look at every block device the kernel has right now
+        (one module load often creates several disks at once, whose events are still
+        queued), so that root= matching two devices is reported, never raced past."""
+        while (device := self.hotplug.next_event(0.0, block=False)) is not None:
+            if device.subsystem == "block" and device.device_node:
+                self._add(device)
+        for device in self.hotplug.block_devices():
+            if device.device_node not in self.devices:
+                self._add(device)
+        return find_root(self.spec, self.devices)
 
     def _add(self, device: Any) -> None:
         dev = block_device(device, udev_props=False)

@@ -92,7 +92,7 @@ class Boot:
 
         hotplug = self.stage("modules", lambda: stages.load_modules(self.options))
         device = self.stage("discover", lambda: stages.discover_root(self.options, hotplug))
-        self.stage("mount", lambda: stages.mount_root(self.options, device, SYSROOT))
+        self.stage("mount", lambda: stages.mount_root(self.options, hotplug, device, SYSROOT))
         method, removed = self.stage("switch_root", lambda: stages.hand_over(hotplug, SYSROOT))
         log.get().info("switch_root", method=method, deleted=removed,
                        init=self.options.init or "/sbin/init")

@@ -201,6 +201,18 @@ class Loader:
             except ModuleError as err:
                 self._emit("module_failed", module=name, error=str(err))
 
+    def load_optional_alias(self, alias: str, reason: str) -> bool:
+        """Load what ALIAS names when the image has it; False (and nothing logged as an
+        error) when it does not: the caller's next step reports the real problem."""
+        names = self.index.lookup(alias)
+        for name in names:
+            try:
+                self.load(name, reason)
+            except ModuleError as err:
+                self._emit("module_failed", module=name, error=str(err))
+                return False
+        return bool(names)
+
     def load_for_modalias(self, modalias: str) -> list[str]:
         """Load every module of the image matching a device's MODALIAS; failures are logged."""
         done = []

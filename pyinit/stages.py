@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from pyinit import execinit, log, mountroot, pid1, switchroot
+from pyinit import execinit, fsck, log, mountroot, pid1, rescue, switchroot
 from pyinit.cmdline import Options
 from pyinit.discover import BlockDevice, Discovery, DiscoveryError, Hotplug
 from pyinit.kmod import Loader, ModuleIndex
@@ -41,10 +41,22 @@ def discover_root(options: Options, hotplug: Hotplug) -> BlockDevice:
     return device
 
 
-def mount_root(options: Options, device: BlockDevice, target: str) -> None:
+def mount_root(options: Options, hotplug: Hotplug, device: BlockDevice, target: str) -> None:
+    probed = device.props.get("ID_FS_TYPE")
+    for fstype in (options.rootfstype or probed or "").split(","):
+        if fstype and fstype not in mountroot.filesystems():
+            # The kernel would ask /sbin/modprobe for fs-TYPE; the image has none: load it here.
+            hotplug.loader.load_optional_alias(f"fs-{fstype}", reason=f"root filesystem {fstype}")
+    if not options.read_only:
+        result = fsck.run(device.node, options.rootfstype or probed, options.fsck_mode,
+                          options.fsck_repair)
+        if result.ran:
+            _emit("fsck", device=device.node, tool=result.tool, status=result.status)
+        if result.reboot:
+            _emit("fsck_reboot", device=device.node, reason="fsck fixed errors, asks for reboot")
+            rescue.power("reboot")
     fstype = mountroot.mount_root(device.node, target, options.rootfstype,
-                                  device.props.get("ID_FS_TYPE"), options.rootflags,
-                                  options.read_only)
+                                  probed, options.rootflags, options.read_only)
     _emit("root_mounted", device=device.node, target=target, type=fstype,
           mode="ro" if options.read_only else "rw")
 

@@ -36,6 +36,7 @@ class Config:
     level: int | None
     python: str | None
     includes: list[tuple[str, str]]
+    fsck: list[str]
     force: bool
     mtime: int
 
@@ -52,6 +53,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--python", help="the interpreter to ship (default: this one)")
     parser.add_argument("--include", nargs=2, action="append", default=[], metavar=("SRC", "DST"),
                         help="copy a host file into the image (ELF files with their libraries)")
+    parser.add_argument("--fsck", action="append", default=[], metavar='"TYPE ..."',
+                        help="carry fsck.TYPE (with its libraries) for these filesystem types")
     parser.add_argument("--force", action="store_true", help="replace an existing image")
     parser.add_argument("--list", metavar="IMAGE", help="print the contents of an image")
     return parser.parse_args(argv)
@@ -67,7 +70,9 @@ def config_from(args: argparse.Namespace) -> Config:
     drivers = [d for group in args.add_drivers for d in group.replace(",", " ").split()]
     return Config(args.output, kver, args.kmoddir or f"/lib/modules/{kver}", drivers,
                   args.compress, args.compress_level, args.python,
-                  [(s, d) for s, d in args.include], args.force, int(epoch))
+                  [(s, d) for s, d in args.include],
+                  [t for group in args.fsck for t in group.replace(",", " ").split()],
+                  args.force, int(epoch))
 
 
 def check_kernel_config(cfg: Config) -> None:
@@ -89,6 +94,17 @@ def add_elf_closure(img: image.Image, resolver: elfdeps.Resolver, stripper: stri
     for path in resolver.closure(roots):
         if path not in skip:
             img.add_host_file(path, part=part, data=stripper.data(path))
+
+
+def add_tool(img: image.Image, resolver: elfdeps.Resolver, stripper: strip.Stripper,
+             src: str, dest: str, part: str) -> None:
+    """A host file at DEST; an ELF file stripped and with its library closure."""
+    real = os.path.realpath(src)
+    if elfdeps.is_elf(real):
+        img.add_host_file(src, dest, part=part, data=stripper.data(real))
+        add_elf_closure(img, resolver, stripper, [real], part, skip={real})
+    else:
+        img.add_host_file(src, dest, part=part)
 
 
 def find_library(resolver: elfdeps.Resolver, name: str) -> str:
@@ -126,11 +142,14 @@ def build(cfg: Config) -> tuple[image.Image, bytes, int]:
     for src, dest in cfg.includes:
         if not os.path.exists(src):
             raise BuildError(f"--include {src} {dest}: expected an existing file, found none")
-        if elfdeps.is_elf(src):
-            img.add_host_file(src, dest, part="included", data=stripper.data(src))
-            add_elf_closure(img, resolver, stripper, [src], "included", skip={src})
-        else:
-            img.add_host_file(src, dest, part="included")
+        add_tool(img, resolver, stripper, src, dest, "included")
+    for fstype in cfg.fsck:
+        tool = next((p for p in (f"/sbin/fsck.{fstype}", f"/usr/sbin/fsck.{fstype}")
+                     if os.path.exists(p)), None)
+        if tool is None:
+            raise BuildError(f"--fsck {fstype}: expected /sbin/fsck.{fstype} on this host, "
+                             "found none")
+        add_tool(img, resolver, stripper, tool, tool, "fsck")
     img.add_tree(SKELETON, "/", part="skeleton")
     for directory in API_DIRS:
         img.add_dir(directory)

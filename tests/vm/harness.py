@@ -8,6 +8,7 @@ every boot also has a hard timeout.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -152,10 +153,13 @@ class InteractiveVM:
 
     def __init__(self, vmlinuz: str, initrd: str, disks: list[str], cmdline: str,
                  workdir: str, memory_mb: int = 512) -> None:
-        self.monitor_path = os.path.join(workdir, f"monitor-{uuid.uuid4().hex[:8]}.sock")
+        tag = uuid.uuid4().hex[:8]
+        self.monitor_path = os.path.join(workdir, f"monitor-{tag}.sock")
+        self.qmp_path = os.path.join(workdir, f"qmp-{tag}.sock")
         argv = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", str(memory_mb),
                 "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
                 "-serial", "stdio", "-monitor", f"unix:{self.monitor_path},server=on,wait=off",
+                "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
                 "-kernel", vmlinuz, "-initrd", initrd, "-append", cmdline]
         for disk in disks:
             argv += ["-drive", f"file={disk},format=raw,if=virtio"]
@@ -207,6 +211,31 @@ class InteractiveVM:
             sock.sendall(command.encode() + b"\n")
             time.sleep(0.5)
 
+    def qmp(self, *commands: dict[str, object]) -> list[dict[str, object]]:
+        """Run QMP commands (after the capabilities handshake); raise on an error reply."""
+        replies = []
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(30)
+            sock.connect(self.qmp_path)
+            stream = sock.makefile("rwb")
+
+            def call(message: dict[str, object]) -> dict[str, object]:
+                stream.write(json.dumps(message).encode() + b"\n")
+                stream.flush()
+                while True:
+                    reply: dict[str, object] = json.loads(stream.readline())
+                    if "event" not in reply:
+                        return reply
+
+            json.loads(stream.readline())  # the greeting
+            call({"execute": "qmp_capabilities"})
+            for command in commands:
+                reply = call(command)
+                if "error" in reply:
+                    raise AssertionError(f"QMP {command} failed: {reply['error']}")
+                replies.append(reply)
+        return replies
+
     def wait(self, timeout: float = 120) -> int:
         """Wait for qemu to exit (the guest powered off or rebooted with -no-reboot)."""
         try:
@@ -221,3 +250,88 @@ class InteractiveVM:
             self.proc.kill()
             self.proc.wait()
         self._reader.join(timeout=5)
+
+
+def make_fs_image(path: str, tree: str, fstype: str, size_mb: int, label: str,
+                  fs_uuid: str | None = None) -> str:
+    """A filesystem image of TREE without loop devices; returns its UUID (squashfs: "")."""
+    fs_uuid = fs_uuid or str(uuid.uuid4())
+    with open(path, "wb") as fh:
+        fh.truncate(size_mb << 20)
+    if fstype in ("ext4", "ext3", "ext2"):
+        argv = [f"mkfs.{fstype}", "-q", "-F", "-L", label, "-U", fs_uuid, "-d", tree, path]
+    elif fstype == "btrfs":
+        argv = ["mkfs.btrfs", "-q", "-f", "-L", label, "-U", fs_uuid, "--rootdir", tree, path]
+    elif fstype == "xfs":
+        proto = path + ".proto"
+        with open(proto, "w", encoding="utf-8") as fh:
+            fh.write(xfs_protofile(tree))
+        argv = ["mkfs.xfs", "-q", "-f", "-L", label, "-m", f"uuid={fs_uuid}", "-p", proto, path]
+    elif fstype == "squashfs":
+        os.unlink(path)
+        argv = ["mksquashfs", tree, path, "-noappend", "-quiet", "-no-progress", "-all-root"]
+        fs_uuid = ""
+    else:
+        raise ValueError(f"no recipe for {fstype}")
+    subprocess.run(argv, check=True, capture_output=True)
+    return fs_uuid
+
+
+def xfs_protofile(tree: str) -> str:
+    """mkfs.xfs -p: a prototype file describing TREE (files, directories, symlinks)."""
+    def mode(path: str) -> str:
+        return f"{os.lstat(path).st_mode & 0o777:03o}"
+
+    def walk(directory: str, depth: int) -> list[str]:
+        lines = []
+        for name in sorted(os.listdir(directory)):
+            full = os.path.join(directory, name)
+            pad = " " * depth
+            if os.path.islink(full):
+                lines.append(f"{pad}{name} l--777 0 0 {os.readlink(full)}")
+            elif os.path.isdir(full):
+                lines.append(f"{pad}{name} d--{mode(full)} 0 0")
+                lines += walk(full, depth + 1)
+                lines.append(f"{pad}$")
+            else:
+                lines.append(f"{pad}{name} ---{mode(full)} 0 0 {full}")
+        return lines
+
+    return "\n".join(["/dev/null", "0 0", "d--755 0 0", *walk(tree, 1), "$", ""])
+
+
+@dataclass
+class Partition:
+    name: str  # the GPT partition label
+    fstype: str
+    size_mb: int
+    label: str
+    guid: str = ""
+    fs_uuid: str = ""
+    number: int = 0
+
+
+def make_gpt_disk(path: str, tree: str, partitions: list[Partition], workdir: str) -> None:
+    """A GPT disk image (sgdisk) whose partitions hold filesystems made as separate files
+    and copied in at their offsets: no loop devices."""
+    total = sum(p.size_mb for p in partitions) + 2
+    with open(path, "wb") as fh:
+        fh.truncate(total << 20)
+    argv = ["sgdisk", "-Z", "-U", str(uuid.uuid4())]
+    for number, part in enumerate(partitions, 1):
+        part.number = number
+        part.guid = part.guid or str(uuid.uuid4())
+        argv += [f"-n{number}:0:+{part.size_mb}M", f"-c{number}:{part.name}",
+                 f"-u{number}:{part.guid}", f"-t{number}:8300"]
+    subprocess.run([*argv, path], check=True, capture_output=True)
+    for part in partitions:
+        info = subprocess.run(["sgdisk", "-i", str(part.number), path], check=True,
+                              capture_output=True, text=True).stdout
+        m = re.search(r"First sector: (\d+)", info)
+        assert m, info
+        image = os.path.join(workdir, f"part{part.number}.img")
+        part.fs_uuid = make_fs_image(image, tree, part.fstype, part.size_mb, part.label)
+        with open(image, "rb") as src, open(path, "r+b") as dst:
+            dst.seek(int(m.group(1)) * 512)
+            shutil.copyfileobj(src, dst, 1 << 20)
+        os.unlink(image)

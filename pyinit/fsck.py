@@ -1,0 +1,68 @@
+"""fsck before a read-write mount, acting on the exit status as systemd-fsck does.
+
+Runs ``fsck.TYPE`` from the image when it carries one. ``fsck.mode=skip|force`` and
+``fsck.repair=preen|yes|no`` follow systemd's names. Exit status: 0 clean, 1 errors fixed
+(continue), 2 fixed but the system must reboot, 4 and above: failure.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+
+SEARCH = ("/sbin", "/usr/sbin", "/bin", "/usr/bin")
+TIMEOUT = 3600.0  # a large filesystem can take long; never forever
+
+
+class FsckError(RuntimeError):
+    """fsck found errors it could not fix, or could not run."""
+
+
+@dataclass(frozen=True)
+class FsckResult:
+    ran: bool
+    status: int
+    tool: str
+    output: str
+    reboot: bool = False
+
+
+def tool_for(fstype: str) -> str | None:
+    for directory in SEARCH:
+        path = os.path.join(directory, f"fsck.{fstype}")
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def argv(tool: str, device: str, mode: str, repair: str) -> list[str]:
+    flag = {"preen": "-p", "yes": "-y", "no": "-n"}[repair]
+    args = [tool, flag]
+    if mode == "force":
+        args.append("-f")
+    return [*args, device]
+
+
+def run(device: str, fstype: str | None, mode: str = "auto",
+        repair: str = "preen") -> FsckResult:
+    if mode == "skip" or not fstype:
+        return FsckResult(False, 0, "", "fsck.mode=skip" if mode == "skip" else "type unknown")
+    tool = tool_for(fstype)
+    if tool is None:
+        return FsckResult(False, 0, "", f"no fsck.{fstype} in the image")
+    command = argv(tool, device, mode, repair)
+    try:
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, errors="replace", timeout=TIMEOUT, check=False)
+    except subprocess.TimeoutExpired as err:
+        raise FsckError(f"{' '.join(command)}: no result within {TIMEOUT:g} s") from err
+    except OSError as err:
+        raise FsckError(f"{' '.join(command)}: cannot run: {err.strerror}") from err
+    output = (done.stdout + done.stderr).strip()
+    status = done.returncode
+    if status < 0 or status >= 4:
+        last = output.splitlines()[-1] if output else "no output"
+        raise FsckError(f"{' '.join(command)} exited with status {status} (errors left "
+                        f"uncorrected): {last}")
+    return FsckResult(True, status, tool, output, reboot=bool(status & 2))
