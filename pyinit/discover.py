@@ -18,6 +18,7 @@ from typing import Any
 from pyinit import libfind, syscalls
 from pyinit.kmod import Loader
 from pyinit.rootspec import RootSpec
+from pyinit.udevd import Udevd
 
 _BLKID_TO_UDEV = {
     "TYPE": "ID_FS_TYPE",
@@ -65,6 +66,7 @@ class BlockDevice:
     partnum: int | None
     props: dict[str, str] = field(default_factory=dict)
     probe_error: str | None = None
+    links: tuple[str, ...] = ()  # udev's DEVLINKS, when udevd runs
 
     def summary(self) -> str:
         fields = [f"{k.removeprefix('ID_').removeprefix('FS_')}={self.props[k]}"
@@ -115,7 +117,8 @@ def probe_properties(node: str) -> dict[str, str]:
 
 
 def block_device(device: Any, udev_props: bool) -> BlockDevice:
-    """A pyudev block Device -> BlockDevice, probed when udevd did not do it for us."""
+    """A pyudev block Device -> BlockDevice, probed when udevd did not do it for us (or
+    has not yet: a device enumerated before udev processed it has no ID_FS_* yet)."""
     node = device.device_node or "/dev/" + device.sys_name
     number = device.device_number
     devtype = device.device_type or "disk"
@@ -131,8 +134,9 @@ def block_device(device: Any, udev_props: bool) -> BlockDevice:
             disk = parent.device_node
     dev = BlockDevice(node, (os.major(number), os.minor(number)), devtype, disk, partnum)
     if udev_props and device.properties.get("ID_FS_TYPE") is not None:
-        dev.props = {k: device.properties[k] for k in _BLKID_TO_UDEV.values()
+        dev.props = {k: device.properties[k] for k in (*_BLKID_TO_UDEV.values(), "ID_PATH")
                      if k in device.properties}
+        dev.links = tuple(device.properties.get("DEVLINKS", "").split())
     else:
         try:
             dev.props = probe_properties(node)
@@ -155,7 +159,7 @@ def _add_path_id(dev: BlockDevice, sys_path: str) -> None:
 def matches(spec: RootSpec, dev: BlockDevice) -> bool:
     props = dev.props
     if spec.kind == "path":
-        if spec.value == dev.node:
+        if spec.value == dev.node or spec.value in dev.links:
             return True
         if spec.value.startswith(BY_PATH) and "ID_PATH" in props:
             return spec.value[len(BY_PATH):] == props["ID_PATH"]
@@ -193,15 +197,22 @@ def find_root(spec: RootSpec, devices: dict[str, BlockDevice]) -> BlockDevice | 
 
 
 class Hotplug:
-    """The uevent listener, started before coldplug so that no device falls in between."""
+    """The uevent listener, started before coldplug so that no device falls in between.
 
-    def __init__(self, loader: Loader) -> None:
+    Without udevd it listens to the kernel's uevents and probes block devices itself; with
+    udevd (``udev`` given) it listens to udev's processed events, whose properties (from
+    udev's blkid builtin) and DEVLINKS (/dev/disk/by-*) it uses.
+    """
+
+    def __init__(self, loader: Loader, udev: Udevd | None = None) -> None:
         libfind.install()
         import pyudev  # imported here: only the stages that need devices pay for it
 
         self.loader = loader
+        self.udev = udev
         self.context = pyudev.Context()
-        self.monitor = pyudev.Monitor.from_netlink(self.context, source="kernel")
+        source = "udev" if udev is not None else "kernel"
+        self.monitor = pyudev.Monitor.from_netlink(self.context, source=source)
         self.monitor.start()
         self.events = 0
 
@@ -234,7 +245,10 @@ class Hotplug:
         return device
 
     def close(self) -> None:
+        """Stop listening (and stop udevd) before the hand-over."""
         del self.monitor  # libudev closes the netlink socket with the last reference
+        if self.udev is not None:
+            self.udev.stop()
 
 
 @dataclass
@@ -287,7 +301,7 @@ class Discovery:
         return find_root(self.spec, self.devices)
 
     def _add(self, device: Any) -> None:
-        dev = block_device(device, udev_props=False)
+        dev = block_device(device, udev_props=self.hotplug.udev is not None)
         self.devices[dev.node] = dev
 
     def seen_text(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from pyinit import execinit, fsck, log, mountroot, pid1, rescue, switchroot
+from pyinit import execinit, fsck, log, mountroot, pid1, rescue, switchroot, udevd
 from pyinit.cmdline import Options
 from pyinit.discover import BlockDevice, Discovery, DiscoveryError, Hotplug
 from pyinit.kmod import Loader, ModuleIndex
@@ -20,8 +20,16 @@ def load_modules(options: Options) -> Hotplug:
     base = f"/lib/modules/{os.uname().release}"
     loader = Loader(ModuleIndex.load(base), options.blacklist, on_event=_emit)
     loader.load_all(options.driver_pre, reason="rd.driver.pre")
-    hotplug = Hotplug(loader)
+    udev = None
+    if udevd.present():
+        started = time.monotonic()
+        udev = udevd.Udevd.start()
+        _emit("udevd_started", pid=udev.process.pid,
+              duration=round(time.monotonic() - started, 3))
+    hotplug = Hotplug(loader, udev)
     devices, with_alias = hotplug.coldplug()
+    if udev is not None:
+        udev.trigger()
     _emit("coldplug", devices=devices, modaliases=with_alias, index=len(loader.index.paths),
           loaded=",".join(sorted(loader.loaded_here)) or "none")
     return hotplug
@@ -63,6 +71,8 @@ def mount_root(options: Options, hotplug: Hotplug, device: BlockDevice, target: 
 
 def hand_over(hotplug: Hotplug, new_root: str) -> tuple[str, int]:
     hotplug.close()
+    if hotplug.udev is not None:
+        _emit("udevd_stopped", status=hotplug.udev.process.returncode)
     switchroot.make_private("/")
     switchroot.move_api_mounts(new_root)
     return switchroot.switch_root(new_root)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import stat
 import sys
 import time
@@ -37,6 +38,7 @@ class Config:
     python: str | None
     includes: list[tuple[str, str]]
     fsck: list[str]
+    udev: str
     force: bool
     mtime: int
 
@@ -55,6 +57,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="copy a host file into the image (ELF files with their libraries)")
     parser.add_argument("--fsck", action="append", default=[], metavar='"TYPE ..."',
                         help="carry fsck.TYPE (with its libraries) for these filesystem types")
+    parser.add_argument("--udev", choices=("auto", "systemd", "none"), default="auto",
+                        help="carry systemd-udevd (auto: when this host has it)")
     parser.add_argument("--force", action="store_true", help="replace an existing image")
     parser.add_argument("--list", metavar="IMAGE", help="print the contents of an image")
     return parser.parse_args(argv)
@@ -72,7 +76,7 @@ def config_from(args: argparse.Namespace) -> Config:
                   args.compress, args.compress_level, args.python,
                   [(s, d) for s, d in args.include],
                   [t for group in args.fsck for t in group.replace(",", " ").split()],
-                  args.force, int(epoch))
+                  args.udev, args.force, int(epoch))
 
 
 def check_kernel_config(cfg: Config) -> None:
@@ -105,6 +109,56 @@ def add_tool(img: image.Image, resolver: elfdeps.Resolver, stripper: strip.Strip
         add_elf_closure(img, resolver, stripper, [real], part, skip={real})
     else:
         img.add_host_file(src, dest, part=part)
+
+
+UDEVD = "/lib/systemd/systemd-udevd"
+UDEVADM = "/bin/udevadm"
+UDEV_RULES_DIR = "/lib/udev/rules.d"
+# The rules that name block devices and set the properties root= matches against. Module
+# loading (80-drivers.rules) stays with the init and its build-time index.
+UDEV_RULES = ("50-udev-default.rules", "60-block.rules", "60-persistent-storage.rules",
+              "64-btrfs.rules")
+UDEV_HELPERS = ("/lib/udev/ata_id", "/lib/udev/scsi_id")  # run by 60-persistent-storage
+
+
+def add_udev(img: image.Image, resolver: elfdeps.Resolver, stripper: strip.Stripper,
+             mode: str) -> None:
+    if mode == "none" or (mode == "auto" and not os.path.exists(UDEVD)):
+        return
+    for path in (UDEVD, UDEVADM):
+        if not os.path.exists(path):
+            raise BuildError(f"--udev {mode}: expected {path} on this host (Debian's udev "
+                             "package), found none")
+        add_tool(img, resolver, stripper, path, path, "udev")
+    for helper in UDEV_HELPERS:
+        if os.path.exists(helper):
+            add_tool(img, resolver, stripper, helper, helper, "udev")
+    groups: set[str] = set()
+    for rule in UDEV_RULES:
+        path = os.path.join(UDEV_RULES_DIR, rule)
+        if os.path.exists(path):
+            img.add_host_file(path, part="udev")
+            with open(path, encoding="utf-8") as fh:
+                groups.update(re.findall(r'GROUP="([^"]+)"', fh.read()))
+    # The rules name groups (disk, cdrom, ...): udevd needs them resolvable.
+    img.add_bytes("/etc/group", group_file(groups).encode(), part="udev")
+    img.add_bytes("/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", part="udev")
+    if os.path.exists("/etc/udev/udev.conf"):
+        img.add_host_file("/etc/udev/udev.conf", part="udev")
+
+
+def group_file(names: set[str], host: str = "/etc/group") -> str:
+    """/etc/group lines for NAMES with the host's numbers (root always)."""
+    lines = ["root:x:0:"]
+    try:
+        with open(host, encoding="utf-8") as fh:
+            for line in fh:
+                fields = line.strip().split(":")
+                if len(fields) >= 3 and fields[0] in names and fields[0] != "root":
+                    lines.append(f"{fields[0]}:x:{fields[2]}:")
+    except FileNotFoundError:
+        pass
+    return "\n".join(sorted(lines)) + "\n"
 
 
 def find_library(resolver: elfdeps.Resolver, name: str) -> str:
@@ -150,6 +204,7 @@ def build(cfg: Config) -> tuple[image.Image, bytes, int]:
             raise BuildError(f"--fsck {fstype}: expected /sbin/fsck.{fstype} on this host, "
                              "found none")
         add_tool(img, resolver, stripper, tool, tool, "fsck")
+    add_udev(img, resolver, stripper, cfg.udev)
     img.add_tree(SKELETON, "/", part="skeleton")
     for directory in API_DIRS:
         img.add_dir(directory)

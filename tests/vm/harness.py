@@ -136,9 +136,11 @@ def boot(vmlinuz: str, initrd: str, disks: list[str], cmdline: str, log_path: st
 
 
 def build_image(output: str, kernel_moddir: str, kver: str, drivers: list[str],
-                compression: str = "zstd", extra: list[str] | None = None) -> str:
+                compression: str = "zstd", extra: list[str] | None = None,
+                udev: str = "none") -> str:
     argv = [os.path.join(REPO, "mkinitramfs.py"), "-o", output, "--kver", kver, "--kmoddir",
-            kernel_moddir, "--compress", compression, "--force", *(extra or [])]
+            kernel_moddir, "--compress", compression, "--udev", udev, "--force",
+            *(extra or [])]
     if drivers:
         argv += ["--add-drivers", " ".join(drivers)]
     done = subprocess.run(argv, check=False, capture_output=True, text=True)

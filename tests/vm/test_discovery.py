@@ -156,3 +156,64 @@ def test_fsck_repairs_an_ext4_root_marked_with_errors(kernel7: Kernel, fs_image:
     assert "TESTINIT done" in result.log
     state = subprocess.run(["dumpe2fs", "-h", disk.path], capture_output=True, text=True).stdout
     assert "Filesystem state:         clean" in state
+
+
+# ---- the same cases with systemd-udevd in the image (mkinitramfs.py --udev systemd) ----
+
+@pytest.fixture(scope="session")
+def systemd_image(kernel7: Kernel, tmp_path_factory: pytest.TempPathFactory) -> str:
+    image = str(tmp_path_factory.mktemp("udev-image") / "initrd-udev.img")
+    harness.build_image(image, kernel7.moddir, kernel7.kver, DRIVERS[kernel7.name],
+                        udev="systemd")
+    return image
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_every_root_form_with_udevd(kernel7: Kernel, systemd_image: str, gpt_disk: GptDisk,
+                                    tmp_path: Path, form: str) -> None:
+    value = forms(gpt_disk)[form]
+    result = boot7(kernel7, systemd_image, [gpt_disk.path], f'"root={value}"',
+                   tmp_path / "boot.log")
+    assert result.events("udevd_started"), result.log[-3000:]
+    found = result.events("root_found")
+    assert found and found[0]["device"] == "/dev/vda2", result.log[-3000:]
+    assert found[0]["uuid"] == gpt_disk.root.fs_uuid
+    assert [e["status"] for e in result.events("udevd_stopped")] == ["0"]
+    procs = [line.split() for line in result.lines("PROC ")]
+    assert [p[0] for p in procs] == ["1"], procs  # udevd did not outlive the hand-over
+    assert "TESTINIT done" in result.log
+
+
+def test_twin_uuids_with_udevd(kernel7: Kernel, systemd_image: str, root_tree: Path,
+                               tmp_path: Path) -> None:
+    shared = "11111111-2222-4333-8444-666666666666"
+    paths = []
+    for name in ("a", "b"):
+        path = str(tmp_path / f"{name}.img")
+        harness.make_fs_image(path, str(root_tree), "ext4", 32, f"twin{name}", shared)
+        paths.append(path)
+    result = boot7(kernel7, systemd_image, paths, f"root=UUID={shared}", tmp_path / "b.log")
+    assert "matches 2 devices, refusing to guess: /dev/vda (254:0)" in result.log, \
+        result.log[-3000:]
+    assert "reboot: Power down" in result.log and "TESTINIT" not in result.log
+
+
+def test_hotplug_with_udevd(kernel7: Kernel, systemd_image: str, root_tree: Path,
+                            tmp_path: Path) -> None:
+    disk = harness.make_ext4_disk(str(tmp_path / "late.img"), str(root_tree))
+    vm = harness.InteractiveVM(kernel7.vmlinuz, systemd_image, [],
+                               f"console=ttyS0 {UNATTENDED} root=UUID={disk.uuid} rootwait",
+                               str(tmp_path))
+    try:
+        vm.expect(r"Run /init as init process")
+        time.sleep(8)
+        vm.qmp({"execute": "blockdev-add", "arguments": {
+                    "node-name": "late", "driver": "raw",
+                    "file": {"driver": "file", "filename": disk.path}}},
+               {"execute": "device_add", "arguments": {
+                    "driver": "virtio-blk-pci", "drive": "late", "id": "latedisk"}})
+        vm.expect(r"TESTINIT done", timeout=120)
+        vm.wait()
+    finally:
+        vm.stop()
+    assert "event=udevd_started" in vm.log and "event=root_found device=/dev/vda" in vm.log
