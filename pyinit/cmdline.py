@@ -119,10 +119,12 @@ def join(params: list[str], init_args: list[str]) -> str:
     return text
 
 
-def amend(options: Options, extra: str) -> Options:
-    """OPTIONS with more parameters appended (later keys win), init arguments kept."""
+def amend(options: Options, extra: str, init_args: tuple[str, ...] | None = None) -> Options:
+    """OPTIONS with more parameters appended (later keys win); init arguments kept unless
+    INIT_ARGS replaces them."""
     params, _ = split(extra)
-    return parse(join([*options.params, *params], list(options.init_args)))
+    args = options.init_args if init_args is None else init_args
+    return parse(join([*options.params, *params], list(args)))
 
 
 def _number(key: str, value: str | None, minimum: float = 0) -> float:

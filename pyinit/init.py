@@ -45,9 +45,18 @@ def reopen_console() -> None:
         os.close(console)
 
 
+DEFAULTS = "/etc/pyinit/cmdline"  # options the builder baked in; the kernel's line wins
+
+
 def read_cmdline() -> Options:
     with open("/proc/cmdline", "rb") as fh:
-        return cmdline.parse_bytes(fh.read())
+        options = cmdline.parse_bytes(fh.read())
+    try:
+        with open(DEFAULTS, "rb") as fh:
+            defaults = cmdline.parse_bytes(fh.read())
+    except FileNotFoundError:
+        return options
+    return cmdline.amend(defaults, cmdline.join(list(options.params), []), options.init_args)
 
 
 class Boot:

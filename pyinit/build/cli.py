@@ -1,8 +1,12 @@
 """mkinitramfs.py: build an initramfs image around the pyinit init.
 
     mkinitramfs.py -o OUTPUT [--kver KVER] [--kmoddir DIR] [--add-drivers "m1 m2"]
-                   [--compress zstd|gzip|xz|none] [--python PATH] [--include SRC DST] [--force]
+                   [--omit-drivers "m"] [--hostonly | --no-hostonly]
+                   [--compress zstd|gzip|xz|lz4|none] [--compress-level N] [--python PATH]
+                   [--include SRC DST] [--fsck TYPES] [--udev auto|systemd|none]
+                   [--config FILE] [--no-early-microcode] [--no-cache] [--force]
     mkinitramfs.py --list IMAGE
+    mkinitramfs.py --extract IMAGE DIR
 """
 
 from __future__ import annotations
@@ -13,14 +17,28 @@ import re
 import stat
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyinit import libfind
-from pyinit.build import compress, cpio, elfdeps, image, kmodules, pyruntime, strip
+from pyinit.build import (
+    archive,
+    cache,
+    compress,
+    config,
+    cpio,
+    elfdeps,
+    firmware,
+    hostonly,
+    image,
+    kmodules,
+    pyruntime,
+    strip,
+)
 from pyinit.kmod import INDEX_NAME
 
 SKELETON = os.path.join(pyruntime.PYINIT_SRC, "rootfs-skel")
 API_DIRS = ("/proc", "/sys", "/dev", "/run", "/sysroot", "/tmp")
+DEFAULT_CMDLINE = "/etc/pyinit/cmdline"  # the init reads it before /proc/cmdline
 
 
 class BuildError(Exception):
@@ -32,15 +50,22 @@ class Config:
     output: str
     kver: str
     kmoddir: str
-    drivers: list[str]
-    compression: str
-    level: int | None
-    python: str | None
-    includes: list[tuple[str, str]]
-    fsck: list[str]
-    udev: str
+    settings: config.Settings
+    hostonly: bool
     force: bool
     mtime: int
+    use_cache: bool = True
+
+
+@dataclass
+class Result:
+    data: bytes
+    unpacked: int
+    parts: dict[str, int]
+    entries: int
+    modules: list[str] = field(default_factory=list)
+    firmware_missing: list[str] = field(default_factory=list)
+    cached_runtime: bool = False
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -49,55 +74,84 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--kver", help="kernel version (default: the running kernel)")
     parser.add_argument("--kmoddir", help="modules directory (default: /lib/modules/KVER)")
     parser.add_argument("--add-drivers", action="append", default=[], metavar='"M1 M2"',
-                        help="modules (names or aliases) to include, with their dependencies")
-    parser.add_argument("--compress", default="zstd", choices=compress.FORMATS)
+                        help="modules (names or aliases) to carry, with their dependencies")
+    parser.add_argument("--omit-drivers", action="append", default=[], metavar='"M1 M2"',
+                        help="modules never to carry")
+    parser.add_argument("--hostonly", action="store_true", default=None,
+                        help="the modules this host's root needs (default when the running "
+                        "kernel is KVER)")
+    parser.add_argument("--no-hostonly", dest="hostonly", action="store_false",
+                        help="the generic set for unknown hardware")
+    parser.add_argument("--compress", choices=compress.FORMATS, default=None)
     parser.add_argument("--compress-level", type=int, default=None)
     parser.add_argument("--python", help="the interpreter to ship (default: this one)")
     parser.add_argument("--include", nargs=2, action="append", default=[], metavar=("SRC", "DST"),
                         help="copy a host file into the image (ELF files with their libraries)")
     parser.add_argument("--fsck", action="append", default=[], metavar='"TYPE ..."',
                         help="carry fsck.TYPE (with its libraries) for these filesystem types")
-    parser.add_argument("--udev", choices=("auto", "systemd", "none"), default="auto",
+    parser.add_argument("--udev", choices=("auto", "systemd", "none"), default=None,
                         help="carry systemd-udevd (auto: when this host has it)")
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="a TOML file read after /etc/pyinit/mkinitramfs{.toml,.d/*.toml}")
+    parser.add_argument("--no-early-microcode", dest="early_microcode", action="store_false",
+                        default=None, help="do not prepend the host's CPU microcode")
+    parser.add_argument("--no-cache", dest="cache", action="store_false",
+                        help="rebuild the Python runtime part instead of reusing it")
     parser.add_argument("--force", action="store_true", help="replace an existing image")
     parser.add_argument("--list", metavar="IMAGE", help="print the contents of an image")
+    parser.add_argument("--extract", nargs=2, metavar=("IMAGE", "DIR"),
+                        help="unpack an image into a directory")
     return parser.parse_args(argv)
+
+
+def _words(groups: list[str]) -> list[str]:
+    return [w for group in groups for w in group.replace(",", " ").split()]
 
 
 def config_from(args: argparse.Namespace) -> Config:
     if not args.output:
-        raise BuildError("expected -o OUTPUT (or --list IMAGE)")
+        raise BuildError("expected -o OUTPUT (or --list IMAGE, or --extract IMAGE DIR)")
+    settings = config.load(args.config)
+    settings.add_drivers += _words(args.add_drivers)
+    settings.omit_drivers += _words(args.omit_drivers)
+    settings.fsck += _words(args.fsck)
+    settings.include += [(s, d) for s, d in args.include]
+    for key in ("compress", "compress_level", "python", "udev", "early_microcode"):
+        value = getattr(args, key)
+        if value is not None:
+            setattr(settings, key, value)
     kver = args.kver or os.uname().release
+    hostonly_mode = args.hostonly if args.hostonly is not None else settings.hostonly
+    if hostonly_mode is None:
+        hostonly_mode = kver == os.uname().release and args.kmoddir is None
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "0")
     if not epoch.isdigit():
         raise BuildError(f"SOURCE_DATE_EPOCH={epoch}: expected a whole number of seconds")
-    drivers = [d for group in args.add_drivers for d in group.replace(",", " ").split()]
-    return Config(args.output, kver, args.kmoddir or f"/lib/modules/{kver}", drivers,
-                  args.compress, args.compress_level, args.python,
-                  [(s, d) for s, d in args.include],
-                  [t for group in args.fsck for t in group.replace(",", " ").split()],
-                  args.udev, args.force, int(epoch))
+    return Config(args.output, kver, args.kmoddir or f"/lib/modules/{kver}", settings,
+                  hostonly_mode, args.force, int(epoch), args.cache)
 
 
 def check_kernel_config(cfg: Config) -> None:
     """Refuse a compression the target kernel cannot unpack (when its config is known)."""
-    wanted = compress.KERNEL_CONFIG.get(cfg.compression)
+    wanted = compress.KERNEL_CONFIG.get(cfg.settings.compress)
     if wanted is None:
         return
     for path in (os.path.join(cfg.kmoddir, "config"), f"/boot/config-{cfg.kver}"):
         if os.path.isfile(path):
             with open(path, encoding="utf-8", errors="replace") as fh:
                 if f"{wanted}=y" not in fh.read().splitlines():
-                    raise BuildError(f"--compress {cfg.compression}: the kernel {cfg.kver} "
-                                     f"cannot unpack it ({path} has no {wanted}=y)")
+                    raise BuildError(f"--compress {cfg.settings.compress}: the kernel "
+                                     f"{cfg.kver} cannot unpack it ({path} has no {wanted}=y)")
             return
 
 
 def add_elf_closure(img: image.Image, resolver: elfdeps.Resolver, stripper: strip.Stripper,
-                    roots: list[str], part: str, skip: set[str]) -> None:
-    for path in resolver.closure(roots):
+                    roots: list[str], part: str, skip: set[str]) -> list[str]:
+    closure = resolver.closure(roots)
+    for path in closure:
         if path not in skip:
             img.add_host_file(path, part=part, data=stripper.data(path))
+    return closure
 
 
 def add_tool(img: image.Image, resolver: elfdeps.Resolver, stripper: strip.Stripper,
@@ -109,6 +163,109 @@ def add_tool(img: image.Image, resolver: elfdeps.Resolver, stripper: strip.Strip
         add_elf_closure(img, resolver, stripper, [real], part, skip={real})
     else:
         img.add_host_file(src, dest, part=part)
+
+
+def find_library(resolver: elfdeps.Resolver, name: str) -> str:
+    """The host file of a library a module opens with ctypes (lib<name>.so.N)."""
+    path = libfind.find_in(resolver.system_dirs, name)
+    if path is None:
+        raise BuildError(f"library {name}: expected lib{name}.so.N in one of "
+                         f"{', '.join(resolver.system_dirs)}, found none")
+    return path
+
+
+def runtime_segment(cfg: Config, resolver: elfdeps.Resolver,
+                    stripper: strip.Stripper) -> tuple[cache.Segment, bool]:
+    """The Python runtime, pyinit and the skeleton as one compressed archive (cached)."""
+    python = pyruntime.resolve_python(cfg.settings.python)
+    builder_sources = sorted(
+        os.path.join(d, n) for d in (os.path.dirname(__file__), os.path.dirname(
+            os.path.dirname(__file__))) for n in os.listdir(d) if n.endswith((".py", ".so")))
+    params: dict[str, object] = {
+        "python": python, "compress": cfg.settings.compress,
+        "level": cfg.settings.compress_level, "mtime": cfg.mtime,
+        "modules": pyruntime.INIT_MODULES, "excludes": pyruntime.EXCLUDES,
+        "builder": [cache.stamp(p) for p in builder_sources],
+    }
+    if cfg.use_cache:
+        cached = cache.load(params)
+        if cached is not None:
+            return cached, True
+    img = image.Image()
+    runtime = pyruntime.collect(python)
+    extensions = sorted(runtime.files.values())
+    ctypes_libs = [find_library(resolver, name) for name in runtime.libraries]
+    closure = add_elf_closure(img, resolver, stripper,
+                              [runtime.executable, *extensions, *ctypes_libs],
+                              "python runtime", skip=set(extensions))
+    for dest, src in sorted(runtime.files.items()):
+        part = "third-party" if dest.startswith(pyruntime.SITE_IN_IMAGE) else "stdlib"
+        img.add_host_file(src, dest, part=part, data=stripper.data(src))
+    if runtime.executable != "/usr/bin/python3":
+        img.add_symlink("/usr/bin/python3", runtime.executable, part="python runtime")
+    img.add_bytes(str(runtime.info["zip_path"]), pyruntime.stdlib_zip_bytes(runtime),
+                  part="stdlib")
+    img.add_dir(os.path.join(str(runtime.info["platstdlib"]), "lib-dynload"), part="stdlib")
+    for dest, data in sorted(runtime.site.items()):
+        part = "pyinit" if dest.startswith(pyruntime.SITE_IN_IMAGE + "/pyinit/") else "third-party"
+        img.add_bytes(dest, data, part=part)
+    img.add_tree(SKELETON, "/", part="skeleton")
+    for directory in API_DIRS:
+        img.add_dir(directory)
+    img.add_node("/dev/console", stat.S_IFCHR, 0o600, (5, 1))
+    raw = img.archive(cfg.mtime)
+    segment = cache.Segment(compress.compress(raw, cfg.settings.compress,
+                                              cfg.settings.compress_level),
+                            len(raw), img.size_by_part(), img.symlinks(), len(img.entries))
+    inputs = [python, *closure, *extensions, *runtime.sources, *builder_sources,
+              *runtime.search_dirs]
+    for root, _dirs, files in os.walk(SKELETON):
+        inputs += [os.path.join(root, f) for f in files] + [root]
+    if cfg.use_cache:
+        cache.store(params, inputs, segment)
+    return segment, False
+
+
+def select_modules(cfg: Config, tree: kmodules.ModuleTree) -> list[str]:
+    wanted = list(cfg.settings.add_drivers)
+    if cfg.hostonly:
+        try:
+            wanted += hostonly.hostonly_modules(tree)
+        except (hostonly.HostOnlyError, OSError) as err:
+            raise BuildError(f"--hostonly: {err}") from err
+    elif not cfg.settings.add_drivers:
+        wanted += hostonly.generic_modules(tree)
+    omit = {m.replace("-", "_") for m in cfg.settings.omit_drivers}
+    modules = [m for m in tree.closure(wanted) if m not in omit]
+    for name in modules:
+        lost = [d for d in tree.deps.get(name, []) if d in omit]
+        if lost:
+            raise BuildError(f"--omit-drivers {','.join(lost)}: needed by {name}, which the "
+                             "image carries; omit it too or keep them")
+    return modules
+
+
+def add_modules(img: image.Image, cfg: Config) -> tuple[list[str], list[str]]:
+    if not os.path.isdir(cfg.kmoddir):
+        if cfg.settings.add_drivers or cfg.hostonly:
+            raise BuildError(f"--kmoddir {cfg.kmoddir}: expected the modules of kernel "
+                             f"{cfg.kver}, found no directory")
+        return [], []
+    tree = kmodules.ModuleTree.read(cfg.kmoddir)
+    modules = select_modules(cfg, tree)
+    dest_base = f"/lib/modules/{cfg.kver}"
+    wanted_firmware: list[str] = []
+    for name in modules:
+        rel = tree.paths[name]
+        src = os.path.join(cfg.kmoddir, rel)
+        img.add_host_file(src, os.path.join(dest_base, rel), part="modules")
+        wanted_firmware += firmware.modinfo(src).get("firmware", [])
+    found, missing = firmware.firmware_files(wanted_firmware)
+    for path in found:
+        img.add_host_file(path, part="firmware")
+    img.add_bytes(os.path.join(dest_base, INDEX_NAME), tree.index_text(modules).encode(),
+                  part="modules")
+    return modules, missing
 
 
 UDEVD = "/lib/systemd/systemd-udevd"
@@ -161,113 +318,69 @@ def group_file(names: set[str], host: str = "/etc/group") -> str:
     return "\n".join(sorted(lines)) + "\n"
 
 
-def find_library(resolver: elfdeps.Resolver, name: str) -> str:
-    """The host file of a library a module opens with ctypes (lib<name>.so.N)."""
-    path = libfind.find_in(resolver.system_dirs, name)
-    if path is None:
-        raise BuildError(f"library {name}: expected lib{name}.so.N in one of "
-                         f"{', '.join(resolver.system_dirs)}, found none")
-    return path
-
-
-def build(cfg: Config) -> tuple[image.Image, bytes, int]:
+def build(cfg: Config) -> Result:
     check_kernel_config(cfg)
-    img = image.Image()
-    runtime = pyruntime.collect(cfg.python)
+    settings = cfg.settings
     resolver = elfdeps.Resolver()
     stripper = strip.Stripper()
-    # Libraries first: they lay down the host's /lib -> usr/lib style links.
-    extensions = sorted(runtime.files.values())
-    ctypes_libs = [find_library(resolver, name) for name in runtime.libraries]
-    add_elf_closure(img, resolver, stripper, [runtime.executable, *extensions, *ctypes_libs],
-                    "python runtime", skip=set(extensions))
-    for dest, src in sorted(runtime.files.items()):
-        part = "third-party" if dest.startswith(pyruntime.SITE_IN_IMAGE) else "stdlib"
-        img.add_host_file(src, dest, part=part, data=stripper.data(src))
-    if runtime.executable != "/usr/bin/python3":
-        img.add_symlink("/usr/bin/python3", runtime.executable, part="python runtime")
-    img.add_bytes(str(runtime.info["zip_path"]), pyruntime.stdlib_zip_bytes(runtime),
-                  part="stdlib")
-    img.add_dir(os.path.join(str(runtime.info["platstdlib"]), "lib-dynload"), part="stdlib")
-    for dest, data in sorted(runtime.site.items()):
-        part = "pyinit" if dest.startswith(pyruntime.SITE_IN_IMAGE + "/pyinit/") else "third-party"
-        img.add_bytes(dest, data, part=part)
-    add_modules(img, cfg)
-    for src, dest in cfg.includes:
+    runtime, cached = runtime_segment(cfg, resolver, stripper)
+    img = image.Image()
+    for path, target in sorted(runtime.symlinks.items()):
+        img.seed_symlink(path, target)
+    modules, missing = add_modules(img, cfg)
+    includes = list(settings.include)
+    if settings.rescue_shell:
+        includes.append((settings.rescue_shell, "/bin/busybox"
+                         if os.path.basename(settings.rescue_shell) == "busybox" else "/bin/sh"))
+    for src, dest in includes:
         if not os.path.exists(src):
             raise BuildError(f"--include {src} {dest}: expected an existing file, found none")
         add_tool(img, resolver, stripper, src, dest, "included")
-    for fstype in cfg.fsck:
+    for fstype in settings.fsck:
         tool = next((p for p in (f"/sbin/fsck.{fstype}", f"/usr/sbin/fsck.{fstype}")
                      if os.path.exists(p)), None)
         if tool is None:
             raise BuildError(f"--fsck {fstype}: expected /sbin/fsck.{fstype} on this host, "
                              "found none")
         add_tool(img, resolver, stripper, tool, tool, "fsck")
-    add_udev(img, resolver, stripper, cfg.udev)
-    img.add_tree(SKELETON, "/", part="skeleton")
-    for directory in API_DIRS:
-        img.add_dir(directory)
-    img.add_node("/dev/console", stat.S_IFCHR, 0o600, (5, 1))
-    data, unpacked = image.compressed(img, cfg.compression, cfg.level, cfg.mtime)
-    return img, data, unpacked
+    add_udev(img, resolver, stripper, settings.udev)
+    if settings.cmdline:
+        img.add_bytes(DEFAULT_CMDLINE, settings.cmdline.encode() + b"\n", part="skeleton")
+    raw = img.archive(cfg.mtime)
+    kernel_part = compress.compress(raw, settings.compress, settings.compress_level)
+    early = firmware.microcode_archive() if settings.early_microcode else b""
+    parts = dict(runtime.parts)
+    for part, size in img.size_by_part().items():
+        parts[part] = parts.get(part, 0) + size
+    if early:
+        parts["microcode"] = len(early)
+    return Result(early + runtime.data + kernel_part, runtime.unpacked + len(raw) + len(early),
+                  dict(sorted(parts.items())), runtime.entries + len(img.written()), modules,
+                  missing, cached)
 
 
-def add_modules(img: image.Image, cfg: Config) -> None:
-    if not cfg.drivers:
-        return
-    if not os.path.isdir(cfg.kmoddir):
-        raise BuildError(f"--kmoddir {cfg.kmoddir}: expected the modules of kernel {cfg.kver}, "
-                         "found no directory")
-    tree = kmodules.ModuleTree.read(cfg.kmoddir)
-    modules = tree.closure(cfg.drivers)
-    dest_base = f"/lib/modules/{cfg.kver}"
-    for name in modules:
-        rel = tree.paths[name]
-        img.add_host_file(os.path.join(cfg.kmoddir, rel), os.path.join(dest_base, rel),
-                          part="modules")
-    img.add_bytes(os.path.join(dest_base, INDEX_NAME),
-                  tree.index_text(modules).encode(), part="modules")
-
-
-def list_image(path: str) -> list[str]:
+def read_image(path: str) -> bytes:
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            return fh.read()
     except OSError as err:
-        raise BuildError(f"--list {path}: expected a readable image, found: {err.strerror}") \
-            from err
-    lines = []
-    offset = 0
-    while offset < len(data):
-        if data[offset:].strip(b"\0") == b"":
-            break
-        chunk = data[offset:]
-        fmt = compress.detect(chunk)
-        if fmt != "none":
-            chunk, offset = compress.decompress(chunk), len(data)
-            sub = 0
-        else:
-            sub = 0
-        lines.append(f"# archive ({fmt})")
-        end = 0
-        for entry, end in cpio.read(chunk, sub):  # noqa: B007 - end is used after the loop
-            if entry.name != cpio.TRAILER:
-                size = len(entry.data)
-                target = f" -> {entry.data.decode()}" if stat.S_ISLNK(entry.mode) else ""
-                lines.append(f"{stat.filemode(entry.mode)} {size:>10} {entry.name}{target}")
-        if fmt == "none":
-            offset += end
-            while offset < len(data) and data[offset] == 0:
-                offset += 1
-    return lines
+        raise BuildError(f"{path}: expected a readable image, found: {err.strerror}") from err
 
 
-def summary(cfg: Config, img: image.Image, size: int, unpacked: int, seconds: float) -> str:
-    lines = [f"{cfg.output}: {size / 1e6:.2f} MB {cfg.compression}, {unpacked / 1e6:.2f} MB "
-             f"unpacked, {len(img.entries)} entries, built in {seconds:.2f} s"]
-    for part, part_size in img.size_by_part().items():
-        lines.append(f"  {part:<16} {part_size / 1e6:8.2f} MB")
+def summary(cfg: Config, result: Result, seconds: float) -> str:
+    mode = "host-only" if cfg.hostonly else "generic" if not cfg.settings.add_drivers else \
+        "listed"
+    lines = [f"{cfg.output}: {len(result.data) / 1e6:.2f} MB {cfg.settings.compress}, "
+             f"{result.unpacked / 1e6:.2f} MB unpacked, {result.entries} entries, built in "
+             f"{seconds:.2f} s{' (python runtime from cache)' if result.cached_runtime else ''}",
+             f"  modules ({mode}): {len(result.modules)}"
+             + (f" ({', '.join(result.modules[:8])}{', ...' if len(result.modules) > 8 else ''})"
+                if result.modules else "")]
+    for part, size in result.parts.items():
+        if size:
+            lines.append(f"  {part:<16} {size / 1e6:8.2f} MB")
+    if result.firmware_missing:
+        lines.append("  firmware not on this host: " + ", ".join(result.firmware_missing))
     return "\n".join(lines)
 
 
@@ -275,15 +388,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.list:
-            print("\n".join(list_image(args.list)))
+            print("\n".join(archive.list_lines(read_image(args.list))))
+            return 0
+        if args.extract:
+            count = archive.extract(read_image(args.extract[0]), args.extract[1])
+            print(f"{args.extract[1]}: {count} entries")
             return 0
         cfg = config_from(args)
         start = time.monotonic()
-        img, data, unpacked = build(cfg)
-        image.write_atomically(cfg.output, data, cfg.force)
-        print(summary(cfg, img, len(data), unpacked, time.monotonic() - start))
+        result = build(cfg)
+        image.write_atomically(cfg.output, result.data, cfg.force)
+        print(summary(cfg, result, time.monotonic() - start))
         return 0
     except (BuildError, image.ImageError, cpio.CpioError, compress.CompressError,
-            kmodules.ModulesError, elfdeps.ElfError, pyruntime.RuntimeError_) as err:
+            kmodules.ModulesError, elfdeps.ElfError, pyruntime.RuntimeError_,
+            config.ConfigError, ValueError, OSError) as err:
         print(f"mkinitramfs.py: error: {err}", file=sys.stderr)
         return 1

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import gzip
 import lzma
+import zlib
 
-FORMATS = ("zstd", "gzip", "xz", "none")
-KERNEL_CONFIG = {"zstd": "CONFIG_RD_ZSTD", "gzip": "CONFIG_RD_GZIP", "xz": "CONFIG_RD_XZ"}
-_MAGIC = {b"\x28\xb5\x2f\xfd": "zstd", b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz"}
+FORMATS = ("zstd", "gzip", "xz", "lz4", "none")
+KERNEL_CONFIG = {"zstd": "CONFIG_RD_ZSTD", "gzip": "CONFIG_RD_GZIP", "xz": "CONFIG_RD_XZ",
+                 "lz4": "CONFIG_RD_LZ4"}
+LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"
+LZ4_LEGACY_BLOCK = 8 << 20  # the legacy frame's fixed uncompressed block size
+_MAGIC = {b"\x28\xb5\x2f\xfd": "zstd", b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz",
+          LZ4_LEGACY_MAGIC: "lz4"}
 
 
 class CompressError(ValueError):
@@ -32,6 +37,17 @@ def compress(data: bytes, fmt: str, level: int | None = None) -> bytes:
                              filters=[{"id": lzma.FILTER_LZMA2,
                                        "preset": level if level is not None else 6,
                                        "dict_size": 1 << 20}])
+    if fmt == "lz4":
+        # The kernel unpacks only lz4's legacy frame: magic, then (size, block) pairs.
+        import lz4.block
+
+        out = [LZ4_LEGACY_MAGIC]
+        for start in range(0, len(data), LZ4_LEGACY_BLOCK):
+            block = lz4.block.compress(data[start:start + LZ4_LEGACY_BLOCK], store_size=False,
+                                       mode="high_compression",
+                                       compression=level if level is not None else 9)
+            out += [len(block).to_bytes(4, "little"), block]
+        return b"".join(out)
     if fmt == "none":
         return data
     raise CompressError(f"compression {fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -48,18 +64,45 @@ def detect(data: bytes) -> str:
 
 
 def decompress(data: bytes) -> bytes:
+    """The first compressed stream of DATA, uncompressed."""
+    return decompress_one(data)[0]
+
+
+def decompress_one(data: bytes) -> tuple[bytes, int]:
+    """Uncompress the stream at the start of DATA; returns it and how many bytes follow it
+    (a second archive may be concatenated, as the kernel allows)."""
     fmt = detect(data)
     try:
         if fmt == "zstd":
             import zstandard
 
-            return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(data))
+            zobj = zstandard.ZstdDecompressor().decompressobj()
+            return bytes(zobj.decompress(data)), len(zobj.unused_data)
         if fmt == "gzip":
-            return gzip.decompress(data)
+            gobj = zlib.decompressobj(wbits=31)
+            return gobj.decompress(data), len(gobj.unused_data)
         if fmt == "xz":
-            return lzma.decompress(data)
-    except (OSError, lzma.LZMAError, EOFError) as err:
+            xobj = lzma.LZMADecompressor()
+            return xobj.decompress(data), len(xobj.unused_data)
+        if fmt == "lz4":
+            return _lz4_legacy(data)
+    except (OSError, lzma.LZMAError, EOFError, zlib.error) as err:
         raise CompressError(f"corrupt {fmt} stream: {err}") from err
-    except Exception as err:  # zstandard.ZstdError
+    except Exception as err:  # zstandard.ZstdError, lz4's LZ4BlockError
         raise CompressError(f"corrupt {fmt} stream: {err}") from err
-    return data
+    return data, 0
+
+
+def _lz4_legacy(data: bytes) -> tuple[bytes, int]:
+    import lz4.block
+
+    out = []
+    pos = 4
+    while pos + 4 <= len(data):
+        size = int.from_bytes(data[pos:pos + 4], "little")
+        if data[pos:pos + 4] == LZ4_LEGACY_MAGIC or size > len(data) - pos - 4:
+            break  # the next archive, or the end
+        out.append(lz4.block.decompress(data[pos + 4:pos + 4 + size],
+                                        uncompressed_size=LZ4_LEGACY_BLOCK))
+        pos += 4 + size
+    return b"".join(out), len(data) - pos

@@ -3,13 +3,14 @@ host files added with the symlinks along their paths, written atomically."""
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 
-from pyinit.build import compress, cpio
+from pyinit.build import cpio
 
 
 def _norm(path: str) -> str:
@@ -25,6 +26,13 @@ class ImageError(ValueError):
 class Image:
     entries: dict[str, cpio.Entry] = field(default_factory=dict)
     parts: dict[str, str] = field(default_factory=dict)
+    base: set[str] = field(default_factory=set)  # known from an earlier segment: not written
+
+    def seed_symlink(self, path: str, target: str) -> None:
+        """A symlink an earlier segment of the image already made (/lib -> usr/lib): paths
+        resolve through it here too, and it is not written again."""
+        self.add_symlink(path, target, part="base")
+        self.base.add(_norm(path))
 
     def _put(self, path: str, entry: cpio.Entry, part: str) -> None:
         old = self.entries.get(path)
@@ -135,20 +143,24 @@ class Image:
                 else:
                     self.add_host_file(host, target, part)
 
+    def written(self) -> list[tuple[str, cpio.Entry]]:
+        return [(p, e) for p, e in self.entries.items() if p not in self.base]
+
     def unpacked_size(self) -> int:
-        return sum(len(e.data) for e in self.entries.values())
+        return sum(len(e.data) for _, e in self.written())
 
     def size_by_part(self) -> dict[str, int]:
         sizes: Counter[str] = Counter()
-        for path, entry in self.entries.items():
+        for path, entry in self.written():
             sizes[self.parts[path]] += len(entry.data)
         return dict(sorted(sizes.items()))
 
-    def archive(self, mtime: int = 0) -> bytes:
-        import io
+    def symlinks(self) -> dict[str, str]:
+        return {p: e.data.decode() for p, e in self.entries.items() if stat.S_ISLNK(e.mode)}
 
+    def archive(self, mtime: int = 0) -> bytes:
         buffer = io.BytesIO()
-        cpio.write(buffer, self.entries.values(), mtime)
+        cpio.write(buffer, [e for _, e in self.written()], mtime)
         return buffer.getvalue()
 
 
@@ -176,6 +188,3 @@ def write_atomically(output: str, data: bytes, force: bool) -> None:
         raise
 
 
-def compressed(image: Image, fmt: str, level: int | None, mtime: int) -> tuple[bytes, int]:
-    raw = image.archive(mtime)
-    return compress.compress(raw, fmt, level), len(raw)

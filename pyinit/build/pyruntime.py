@@ -44,6 +44,8 @@ class Runtime:
     stdlib_zip: dict[str, bytes] = field(default_factory=dict)  # arcname -> pyc
     files: dict[str, str] = field(default_factory=dict)  # image path -> host path (ext, .so)
     libraries: list[str] = field(default_factory=list)  # sonames opened through ctypes
+    sources: list[str] = field(default_factory=list)  # every host file the runtime was made of
+    search_dirs: list[str] = field(default_factory=list)  # where imports were resolved
     site: dict[str, bytes] = field(default_factory=dict)  # image path -> pyc bytes
 
     @property
@@ -106,6 +108,7 @@ def collect(python: str | None, extra_modules: list[str] | None = None) -> Runti
         if path is None:
             continue  # built into the interpreter
         path = str(path)
+        runtime.sources.append(path)
         if not os.path.exists(path):
             missing.append(f"{name} ({path})")
             continue
@@ -126,6 +129,8 @@ def collect(python: str | None, extra_modules: list[str] | None = None) -> Runti
                 runtime.files[dest] = path
         else:
             missing.append(f"{name} ({path}: outside the stdlib and site-packages)")
+    runtime.search_dirs = [stdlib, *sites, src_root,
+                           os.path.join(str(info["platstdlib"]), "lib-dynload")]
     for package, names in CTYPES_LIBRARIES.items():
         if package in modules:
             runtime.libraries.extend(names)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from tests.vm.conftest import Setup
+from pathlib import Path
+
+import pytest
+
+from tests.vm import harness
+from tests.vm.conftest import DRIVERS, Setup
 from tests.vm.harness import BootResult
 
 STAGES = ["cmdline", "modules", "discover", "mount", "switch_root"]
@@ -83,3 +88,30 @@ def test_rw_init_and_arguments_are_honoured(custom_boot: BootResult) -> None:
     assert custom_boot.lines("TESTINIT args=") == ["alpha beta gamma"]
     assert custom_boot.lines("TESTINIT argc=") == ["2"]
     assert "rw" in root_mount(custom_boot)[5].split(",")
+
+
+@pytest.mark.parametrize("fmt", ["gzip", "xz", "lz4", "none"])
+def test_every_compression_boots(setup: Setup, tmp_path: Path, fmt: str) -> None:
+    image = str(tmp_path / f"initrd.{fmt}")
+    harness.build_image(image, setup.kernel.moddir, setup.kernel.kver,
+                        DRIVERS[setup.kernel.name], compression=fmt)
+    result = harness.boot(setup.kernel.vmlinuz, image, [setup.disk.path],
+                          f"console=ttyS0 panic=-1 root=UUID={setup.disk.uuid} rd.shell=0 "
+                          "rd.emergency=poweroff", str(tmp_path / "boot.log"), timeout=240)
+    assert "TESTINIT done" in result.log, result.log[-3000:]
+    assert [e["method"] for e in result.events("switch_root")] == [
+        EXPECTED_METHOD[setup.kernel.name]]
+
+
+def test_default_options_from_the_builder_config(setup: Setup, tmp_path: Path) -> None:
+    conf = tmp_path / "pyinit.toml"
+    conf.write_text('cmdline = "init=/sbin/altinit rd.timeout=30"\n')
+    image = str(tmp_path / "initrd.img")
+    harness.build_image(image, setup.kernel.moddir, setup.kernel.kver,
+                        DRIVERS[setup.kernel.name], extra=["--config", str(conf)])
+    # The kernel's own line wins over the defaults: rd.timeout=30 stays, init= is the image's.
+    result = harness.boot(setup.kernel.vmlinuz, image, [setup.disk.path],
+                          f"console=ttyS0 panic=-1 root=UUID={setup.disk.uuid} rd.shell=0 "
+                          "rd.emergency=poweroff -- one", str(tmp_path / "boot.log"))
+    assert result.lines("TESTINIT argv0=") == ["/sbin/altinit"], result.log[-3000:]
+    assert result.lines("TESTINIT args=") == ["one"]

@@ -1,0 +1,135 @@
+"""Builder configuration: /etc/pyinit/mkinitramfs.toml, then mkinitramfs.d/*.toml in name
+order, then each --config FILE; the command line overrides them all (lists add up).
+
+    add_drivers = ["virtio_blk", "nvme"]   # modules (names or aliases) to carry
+    omit_drivers = ["floppy"]              # modules never to carry
+    hostonly = true                        # the modules this host's root needs
+    compress = "zstd"                      # zstd, gzip, xz, lz4 or none
+    compress_level = 9
+    include = [["/bin/busybox", "/bin/busybox"]]
+    rescue_shell = "/bin/busybox"          # a shell for the rescue console
+    fsck = ["ext4"]                        # carry fsck.TYPE
+    udev = "auto"                          # auto, systemd or none
+    cmdline = "rd.timeout=30"              # default kernel options (the real line wins)
+    early_microcode = true
+    python = "/usr/bin/python3.11"
+
+An unknown key or a value of the wrong type is an error naming the file and the line.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+SYSTEM_FILE = "/etc/pyinit/mkinitramfs.toml"
+SYSTEM_DIR = "/etc/pyinit/mkinitramfs.d"
+
+
+class ConfigError(ValueError):
+    """A configuration file cannot be used; the message names the file and the line."""
+
+
+@dataclass
+class Settings:
+    add_drivers: list[str] = field(default_factory=list)
+    omit_drivers: list[str] = field(default_factory=list)
+    hostonly: bool | None = None
+    compress: str = "zstd"
+    compress_level: int | None = None
+    include: list[tuple[str, str]] = field(default_factory=list)
+    rescue_shell: str | None = None
+    fsck: list[str] = field(default_factory=list)
+    udev: str = "auto"
+    cmdline: str = ""
+    early_microcode: bool = True
+    python: str | None = None
+    sources: list[str] = field(default_factory=list)
+
+
+CHOICES = {"compress": ("zstd", "gzip", "xz", "lz4", "none"),
+           "udev": ("auto", "systemd", "none")}
+LISTS = ("add_drivers", "omit_drivers", "fsck")
+
+
+def _line_of(text: str, key: str) -> int:
+    for number, line in enumerate(text.splitlines(), 1):
+        if re.match(rf"\s*{re.escape(key)}\s*=", line):
+            return number
+    return 1
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "a number", str: "a string", list: "a list",
+            dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _check(path: str, text: str, key: str, value: Any) -> Any:
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"{path}:{_line_of(text, key)}: {key}: expected {expected}, "
+                           f"found {_type_name(value)} {value!r}")
+
+    if key in LISTS:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise fail("a list of strings")
+        return list(value)
+    if key == "include":
+        if not isinstance(value, list) or not all(
+                isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)
+                for v in value):
+            raise fail('a list of ["SOURCE", "DESTINATION"] pairs')
+        return [(v[0], v[1]) for v in value]
+    if key in ("hostonly", "early_microcode"):
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if key == "compress_level":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise fail("a whole number")
+        return value
+    if key in CHOICES:
+        if value not in CHOICES[key]:
+            raise fail("one of " + ", ".join(CHOICES[key]))
+        return value
+    if key in ("cmdline", "rescue_shell", "python"):
+        if not isinstance(value, str):
+            raise fail("a string")
+        return value
+    raise ConfigError(f"{path}:{_line_of(text, key)}: unknown key {key!r}: expected one of "
+                      + ", ".join(sorted(k for k in Settings.__dataclass_fields__
+                                         if k != "sources")))
+
+
+def apply_file(settings: Settings, path: str) -> None:
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as err:
+        raise ConfigError(f"{path}: expected a readable TOML file, found: {err.strerror}") \
+            from err
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    for key, value in data.items():
+        checked = _check(path, text, key, value)
+        if key in LISTS or key == "include":
+            getattr(settings, key).extend(checked)
+        else:
+            setattr(settings, key, checked)
+    settings.sources.append(path)
+
+
+def load(extra: list[str], system_file: str = SYSTEM_FILE,
+         system_dir: str = SYSTEM_DIR) -> Settings:
+    settings = Settings()
+    files = [system_file] if os.path.isfile(system_file) else []
+    files += sorted(glob.glob(os.path.join(system_dir, "*.toml")))
+    for path in [*files, *extra]:
+        apply_file(settings, path)
+    return settings

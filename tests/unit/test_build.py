@@ -1,0 +1,230 @@
+"""The builder end to end on the 7.x kernel's modules: reproducibility, inspection, bad
+input, configuration files, host-only selection and early microcode."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pyinit.build import archive, config, cpio, firmware, hostonly
+from pyinit.build.kmodules import ModuleTree
+from tests.vm.kernels import Kernel
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def mkinitramfs(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO / "mkinitramfs.py"), *args],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=300)
+
+
+def build(kernel: Kernel, output: Path, *extra: str,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return mkinitramfs("-o", str(output), "--kver", kernel.kver, "--kmoddir", kernel.moddir,
+                       "--add-drivers", "virtio_blk", "--udev", "none", *extra, env=env)
+
+
+def test_same_inputs_same_bytes(kernel7: Kernel, tmp_path: Path) -> None:
+    first = build(kernel7, tmp_path / "a.img", "--no-cache")
+    assert first.returncode == 0, first.stderr
+    second = build(kernel7, tmp_path / "b.img", "--no-cache")
+    cached = build(kernel7, tmp_path / "c.img")  # the runtime part from the cache
+    assert second.returncode == 0 and cached.returncode == 0
+    a, b, c = ((tmp_path / n).read_bytes() for n in ("a.img", "b.img", "c.img"))
+    assert a == b == c
+
+
+def test_source_date_epoch_sets_every_mtime(kernel7: Kernel, tmp_path: Path) -> None:
+    done = build(kernel7, tmp_path / "e.img", env={"SOURCE_DATE_EPOCH": "1700000000"})
+    assert done.returncode == 0, done.stderr
+    out = subprocess.run(["cpio", "-itv", "--quiet"], input=_main_archive(tmp_path / "e.img"),
+                         capture_output=True, check=True).stdout.decode()
+    assert out and all("Nov 14  2023" in line for line in out.splitlines())
+
+
+def _main_archive(path: Path) -> bytes:
+    return b"".join(raw for _fmt, raw in archive.segments(path.read_bytes()))
+
+
+def test_list_and_extract_agree_with_debian_cpio(kernel7: Kernel, tmp_path: Path) -> None:
+    image = tmp_path / "l.img"
+    assert build(kernel7, image).returncode == 0
+    listing = mkinitramfs("--list", str(image))
+    assert listing.returncode == 0
+    names = {line.split()[2] for line in listing.stdout.splitlines() if not line.startswith("#")}
+    for _fmt, raw in archive.segments(image.read_bytes()):
+        theirs = subprocess.run(["cpio", "-it", "--quiet"], input=raw, capture_output=True,
+                                check=True).stdout.decode().split()
+        assert set(theirs) <= names
+    assert "init" in names and "dev/console" in names
+    assert any(n.endswith("virtio_blk.ko.xz") for n in names)
+    assert any(n.endswith("lib/modules/" + kernel7.kver + "/pyinit.index") for n in names)
+    out = tmp_path / "x"
+    extracted = mkinitramfs("--extract", str(image), str(out))
+    assert extracted.returncode == 0, extracted.stderr
+    assert os.access(out / "init", os.X_OK)
+    assert (out / "init").read_text().startswith("#!/usr/bin/python3 -IS")
+    assert os.readlink(out / "usr/bin/python3")
+
+
+@pytest.mark.parametrize("fmt", ["gzip", "xz", "lz4", "none"])
+def test_every_compression_lists_back(kernel7: Kernel, tmp_path: Path, fmt: str) -> None:
+    image = tmp_path / f"i.{fmt}"
+    done = build(kernel7, image, "--compress", fmt)
+    assert done.returncode == 0, done.stderr
+    listing = mkinitramfs("--list", str(image)).stdout
+    assert f"# archive ({fmt}," in listing and "pyinit.index" in listing
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--add-drivers", "no_such_module"], "modules not found"),
+        (["--kmoddir", "/nonexistent"], "--kmoddir /nonexistent: expected the modules"),
+        (["--python", "/nonexistent/python"], "expected an executable Python"),
+        (["--include", "/nonexistent", "/x"], "--include /nonexistent /x: expected an existing"),
+        (["--fsck", "nosuchfs"], "--fsck nosuchfs: expected /sbin/fsck.nosuchfs"),
+        (["--omit-drivers", "virtio_ring"], None),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_nothing(kernel7: Kernel, tmp_path: Path,
+                                                   args: list[str], message: str | None) -> None:
+    output = tmp_path / "bad.img"
+    done = mkinitramfs("-o", str(output), "--kver", kernel7.kver, "--kmoddir", kernel7.moddir,
+                       "--add-drivers", "virtio_blk", "--udev", "none", *args)
+    if message is None:  # virtio_ring is built in on 7.x: omitting it changes nothing
+        assert done.returncode == 0, done.stderr
+        return
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+    assert os.listdir(tmp_path) == []  # no image, no temporary file
+
+
+def test_existing_image_needs_force(kernel7: Kernel, tmp_path: Path) -> None:
+    output = tmp_path / "i.img"
+    output.write_bytes(b"keep me")
+    done = build(kernel7, output)
+    assert done.returncode == 1 and "the file exists; expected --force" in done.stderr
+    assert output.read_bytes() == b"keep me"
+    assert build(kernel7, output, "--force").returncode == 0
+
+
+def test_corrupt_image_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.img"
+    bad.write_bytes(b"\x28\xb5\x2f\xfd" + b"garbage" * 10)
+    done = mkinitramfs("--list", str(bad))
+    assert done.returncode == 1 and "corrupt zstd stream" in done.stderr
+    missing = mkinitramfs("--list", str(tmp_path / "none.img"))
+    assert missing.returncode == 1 and "expected a readable image" in missing.stderr
+
+
+def test_compression_the_kernel_cannot_unpack_is_refused(kernel7: Kernel,
+                                                          tmp_path: Path) -> None:
+    moddir = tmp_path / "lib/modules" / kernel7.kver
+    moddir.mkdir(parents=True)
+    for name in ("modules.dep", "modules.alias", "modules.builtin"):
+        (moddir / name).write_text("")
+    (moddir / "config").write_text("CONFIG_RD_GZIP=y\n# CONFIG_RD_ZSTD is not set\n")
+    done = mkinitramfs("-o", str(tmp_path / "i.img"), "--kver", kernel7.kver, "--kmoddir",
+                       str(moddir), "--udev", "none")
+    assert done.returncode == 1
+    assert "--compress zstd: the kernel" in done.stderr and "no CONFIG_RD_ZSTD=y" in done.stderr
+
+
+def test_config_files_and_their_errors(tmp_path: Path) -> None:
+    system = tmp_path / "mkinitramfs.toml"
+    system.write_text('compress = "xz"\nadd_drivers = ["a"]\n')
+    confd = tmp_path / "mkinitramfs.d"
+    confd.mkdir()
+    (confd / "10-more.toml").write_text('add_drivers = ["b"]\nhostonly = false\n')
+    extra = tmp_path / "extra.toml"
+    extra.write_text('include = [["/bin/busybox", "/bin/busybox"]]\ncmdline = "rd.timeout=9"\n')
+    settings = config.load([str(extra)], str(system), str(confd))
+    assert settings.compress == "xz" and settings.add_drivers == ["a", "b"]
+    assert settings.hostonly is False and settings.cmdline == "rd.timeout=9"
+    assert settings.include == [("/bin/busybox", "/bin/busybox")]
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('compress = "zstd"\n\ncolour = "blue"\n')
+    with pytest.raises(config.ConfigError, match=r"bad.toml:3: unknown key 'colour'"):
+        config.load([str(bad)], "/nonexistent", "/nonexistent")
+    bad.write_text('compress_level = "high"\n')
+    with pytest.raises(config.ConfigError,
+                       match=r"bad.toml:1: compress_level: expected a whole number, found a "
+                             r"string 'high'"):
+        config.load([str(bad)], "/nonexistent", "/nonexistent")
+    bad.write_text('compress = "zstd"\nthis is not toml\n')
+    with pytest.raises(config.ConfigError, match=r"bad.toml: not valid TOML: .*line 2"):
+        config.load([str(bad)], "/nonexistent", "/nonexistent")
+
+
+def test_config_errors_reach_the_command_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('udev = "sometimes"\n')
+    done = mkinitramfs("-o", str(tmp_path / "i.img"), "--config", str(bad))
+    assert done.returncode == 1
+    assert f"{bad}:1: udev: expected one of auto, systemd, none" in done.stderr
+
+
+def fake_sysfs(root: Path) -> Path:
+    sys_dir = root / "sys"
+    pci = sys_dir / "devices/pci0000:00/0000:00:02.0"
+    block = pci / "virtio1/block/vda"
+    block.mkdir(parents=True)
+    (pci / "modalias").write_text("pci:v00001AF4d00001042sv00001AF4sd00001042bc01sc80i00\n")
+    (pci / "virtio1/modalias").write_text("virtio:d00000002v00001AF4\n")
+    (sys_dir / "dev/block").mkdir(parents=True)
+    os.symlink(block, sys_dir / "dev/block/254:0")
+    (root / "mountinfo").write_text("22 1 254:0 / / rw,relatime - xfs /dev/vda rw\n")
+    return sys_dir
+
+
+def test_hostonly_walks_sysfs_from_the_root_device(kernel7: Kernel, tmp_path: Path) -> None:
+    tree = ModuleTree.read(kernel7.moddir)
+    sys_dir = fake_sysfs(tmp_path)
+    modules = hostonly.hostonly_modules(tree, str(sys_dir), str(tmp_path / "mountinfo"))
+    assert modules == ["virtio_blk", "xfs"]  # virtio_pci is built in on this kernel
+    assert "libcrc32c" in tree.closure(modules) or len(tree.closure(modules)) >= 2
+
+
+def test_hostonly_without_a_block_device_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "mountinfo").write_text("22 1 0:30 / / rw - overlay overlay rw\n")
+    with pytest.raises(hostonly.HostOnlyError, match="root device 0:30: expected"):
+        hostonly.hostonly_modules(ModuleTree(str(tmp_path)), str(tmp_path / "sys"),
+                                  str(tmp_path / "mountinfo"))
+
+
+def test_generic_set_takes_what_the_kernel_has(kernel7: Kernel) -> None:
+    tree = ModuleTree.read(kernel7.moddir)
+    generic = hostonly.generic_modules(tree)
+    assert {"virtio_blk", "nvme", "xfs", "btrfs", "dm_crypt"} <= set(generic)
+    assert "usb_storage" not in generic  # the cloud kernel has no USB storage
+
+
+def test_early_microcode_archive(tmp_path: Path) -> None:
+    intel = tmp_path / "intel-ucode"
+    intel.mkdir()
+    (intel / "06-55-04").write_bytes(b"A" * 10)
+    (intel / "06-8f-08").write_bytes(b"B" * 5)
+    data = firmware.microcode_archive(str(intel), str(tmp_path / "none"))
+    entries = {e.name: e for e, _ in cpio.read(data)}
+    assert entries["kernel/x86/microcode/GenuineIntel.bin"].data == b"A" * 10 + b"B" * 5
+    assert stat.S_ISDIR(entries["kernel/x86/microcode"].mode)
+    assert firmware.microcode_archive(str(tmp_path / "x"), str(tmp_path / "y")) == b""
+
+
+def test_firmware_named_by_a_module(kernel7: Kernel, tmp_path: Path) -> None:
+    tree = ModuleTree.read(kernel7.moddir)
+    name = next(n for n in ("me4000", "jr3_pci", "daqboard2000") if n in tree.paths)
+    info = firmware.modinfo(os.path.join(kernel7.moddir, tree.paths[name]))
+    assert info["firmware"]
+    (tmp_path / info["firmware"][0]).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / info["firmware"][0]).write_bytes(b"fw")
+    found, missing = firmware.firmware_files(info["firmware"] + ["absent.bin"], str(tmp_path))
+    assert found == [str(tmp_path / info["firmware"][0])] and missing == ["absent.bin"]
