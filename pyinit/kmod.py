@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import errno
 import fnmatch
-import gzip
-import lzma
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -99,12 +97,24 @@ def loaded_modules(proc_modules: str = "/proc/modules") -> set[str]:
 
 
 def _decompress(path: str) -> bytes:
-    if path.endswith(".xz"):
-        with lzma.open(path) as fh:
-            return fh.read()
-    if path.endswith(".gz"):
-        with gzip.open(path) as fh:
-            return fh.read()
+    """The module decompressed, for a kernel without CONFIG_MODULE_DECOMPRESS. The builder
+    stores modules uncompressed for such kernels, so images normally never get here; the
+    decompressors are imported only when they do."""
+    try:
+        if path.endswith(".xz"):
+            import lzma
+
+            with lzma.open(path) as fh:
+                return fh.read()
+        if path.endswith(".gz"):
+            import gzip
+
+            with gzip.open(path) as gz:
+                return gz.read()
+    except ImportError as err:
+        raise ModuleError(errno.ENOEXEC, f"{path}: the kernel cannot decompress this module "
+                          f"and this image carries no {err.name}: rebuild the image for this "
+                          "kernel") from err
     raise ModuleError(
         errno.ENOEXEC,
         f"{path}: the kernel cannot decompress this module and pyinit only unpacks .xz and .gz",
