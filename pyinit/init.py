@@ -104,7 +104,7 @@ class Boot:
         self.stage("mount", lambda: stages.mount_root(self.options, hotplug, device, SYSROOT))
         method, removed = self.stage("switch_root", lambda: stages.hand_over(hotplug, SYSROOT))
         log.get().info("switch_root", method=method, deleted=removed,
-                       init=self.options.init or "/sbin/init")
+                       init=self.options.init or "/sbin/init", modules=len(sys.modules))
         self.stage("exec", lambda: stages.exec_init(self.options))
         raise AssertionError("exec_init returned")
 

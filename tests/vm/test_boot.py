@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,8 @@ def test_real_init_runs_as_pid_1(default_boot: BootResult) -> None:
 def test_hand_over_method_matches_the_kernel(setup: Setup, default_boot: BootResult) -> None:
     events = default_boot.events("switch_root")
     assert [e["method"] for e in events] == [EXPECTED_METHOD[setup.kernel.name]], events
+    budget = json.loads((Path(__file__).parents[1] / "import_budget.json").read_text())
+    assert int(events[0]["modules"]) <= budget["max_modules"]  # measured in the guest
     # On 7.x the root mount's parent is mount 1 (nullfs) after pivot_root.
     if setup.kernel.name == "debian-7":
         assert root_mount(default_boot)[1] == "1"

@@ -1,0 +1,213 @@
+"""Boot-time benchmark: the initrd phase of pyinit against a busybox-shell floor,
+initramfs-tools and dracut, on both test kernels, under qemu TCG.
+
+The initrd phase is measured from the kernel's own clock: the printk time of "Run /init as
+init process" to the printk time of the first line the real root's init writes to /dev/kmsg
+("pyinit-test: real init running"). Each image boots N times, one after another; the table
+gives min/median/max per image and kernel, the ratios of pyinit to the others, pyinit's
+stage durations from its own events, and the real init's MemFree (the initramfs must be
+released). A PNG chart is written next to this file.
+
+The busybox floor is built here: static busybox, an /init that mounts /proc /sys /dev, loads
+the virtio modules with insmod, waits for the disk, mounts it and hands over with
+switch_root (6.1) or pivot_root (7.x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import stat
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from bench import build as buildbench  # noqa: E402
+from pyinit.build import compress, cpio, firmware  # noqa: E402
+from pyinit.build.kmodules import ModuleTree  # noqa: E402
+from tests.vm import harness, kernels  # noqa: E402
+from tests.vm.conftest import DRIVERS  # noqa: E402
+
+FLOOR_INIT = """#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox mount -t devtmpfs devtmpfs /dev
+for m in {modules}; do /bin/busybox insmod /lib/modules/$m.ko; done
+while ! /bin/busybox test -b /dev/vda; do /bin/busybox usleep 10000; done
+/bin/busybox mount -o ro /dev/vda /newroot
+for d in dev proc sys; do /bin/busybox mount --move /$d /newroot/$d; done
+{handover}
+"""
+SWITCH_ROOT = "exec /bin/busybox switch_root /newroot /sbin/init"
+PIVOT_ROOT = ("cd /newroot && /bin/busybox pivot_root . . && exec /bin/busybox chroot . "
+              "/bin/sh -c 'umount -l / 2>/dev/null; exec /sbin/init'")
+
+
+@dataclass
+class Series:
+    image: str
+    kernel: str
+    phases: list[float] = field(default_factory=list)
+    memfree_kb: list[int] = field(default_factory=list)
+    stages: dict[str, list[float]] = field(default_factory=dict)
+    size: int = 0
+
+
+def floor_image(kernel: kernels.Kernel, path: str) -> None:
+    """The busybox-shell floor, uncompressed modules in load order, zstd like the others."""
+    tree = ModuleTree.read(kernel.moddir)
+    modules = tree.closure(DRIVERS[kernel.name])
+    order: list[str] = []
+    for name in modules:
+        for dep in [*tree.deps[name], name]:
+            if dep not in order:
+                order.append(dep)
+    entries = [cpio.Entry(d, stat.S_IFDIR | 0o755)
+               for d in ("bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules")]
+    entries.append(cpio.Entry("dev/console", stat.S_IFCHR | 0o600, b"", (5, 1)))
+    with open("/bin/busybox", "rb") as fh:
+        entries.append(cpio.Entry("bin/busybox", stat.S_IFREG | 0o755, fh.read()))
+    entries.append(cpio.Entry("bin/sh", stat.S_IFLNK | 0o777, b"busybox"))
+    for name in order:
+        data = firmware.module_bytes(os.path.join(kernel.moddir, tree.paths[name]))
+        entries.append(cpio.Entry(f"lib/modules/{name}.ko", stat.S_IFREG | 0o644, data))
+    handover = PIVOT_ROOT if kernel.name == "debian-7" else SWITCH_ROOT
+    script = FLOOR_INIT.format(modules=" ".join(order), handover=handover)
+    entries.append(cpio.Entry("init", stat.S_IFREG | 0o755, script.encode()))
+    out = io.BytesIO()
+    cpio.write(out, entries)
+    with open(path, "wb") as fh:
+        fh.write(compress.compress(out.getvalue(), "zstd", 19))
+
+
+def printk_time(log: str, text: str) -> float | None:
+    m = re.search(r"^\[\s*(\d+\.\d+)\] " + re.escape(text), log, re.M)
+    return float(m.group(1)) if m else None
+
+
+def boot_series(series: Series, kernel: kernels.Kernel, image: str, disk: harness.Disk,
+                runs: int, tmp: str, extra: str = "") -> None:
+    series.size = os.path.getsize(image)
+    for run in range(runs):
+        log = os.path.join(tmp, f"{series.image}-{kernel.name}-{run}.log")
+        result = harness.boot(kernel.vmlinuz, image, [disk.path],
+                              f"console=ttyS0 panic=-1 root=UUID={disk.uuid} {extra}", log,
+                              timeout=300)
+        start = printk_time(result.log, "Run /init as init process")
+        end = printk_time(result.log, "pyinit-test: real init running")
+        if start is None or end is None:
+            raise RuntimeError(f"{series.image} on {kernel.name} did not reach the real init; "
+                               f"see {log}")
+        series.phases.append(end - start)
+        memfree = re.search(r"MEMINFO MemFree: (\d+)", result.log)
+        if memfree:
+            series.memfree_kb.append(int(memfree.group(1)))
+        for event in result.events("stage"):
+            series.stages.setdefault(event["stage"], []).append(float(event["duration"]))
+
+
+def versions() -> str:
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
+                          text=True).stdout.splitlines()[0]
+    return f"{qemu}; Python {sys.version.split()[0]}"
+
+
+def report(all_series: list[Series]) -> str:
+    lines = [f"{'image':<16} {'kernel':<11} {'runs':>4} {'min s':>6} {'median s':>8} "
+             f"{'max s':>6} {'MB':>6} {'MemFree MB':>10}"]
+    for s in all_series:
+        mem = statistics.median(s.memfree_kb) / 1024 if s.memfree_kb else float("nan")
+        lines.append(f"{s.image:<16} {s.kernel:<11} {len(s.phases):>4} {min(s.phases):>6.2f} "
+                     f"{statistics.median(s.phases):>8.2f} {max(s.phases):>6.2f} "
+                     f"{s.size / 1e6:>6.2f} {mem:>10.1f}")
+    for kernel in sorted({s.kernel for s in all_series}):
+        mine = next(s for s in all_series if s.kernel == kernel and s.image == "pyinit")
+        ours = statistics.median(mine.phases)
+        for other in all_series:
+            if other.kernel == kernel and other is not mine:
+                lines.append(f"{kernel}: pyinit / {other.image} = "
+                             f"{ours / statistics.median(other.phases):.2f}")
+        stages = ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in mine.stages.items())
+        lines.append(f"{kernel}: pyinit stages (median s): {stages}")
+    return "\n".join(lines)
+
+
+def chart(all_series: list[Series], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kernels_seen = sorted({s.kernel for s in all_series})
+    images = list(dict.fromkeys(s.image for s in all_series))
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(kernels_seen)
+    for i, kernel in enumerate(kernels_seen):
+        values = [statistics.median(next(s.phases for s in all_series
+                                         if s.kernel == kernel and s.image == image))
+                  for image in images]
+        ax.bar([x + i * width for x in range(len(images))], values, width, label=kernel)
+    ax.set_xticks([x + width * (len(kernels_seen) - 1) / 2 for x in range(len(images))])
+    ax.set_xticklabels(images)
+    ax.set_ylabel("initrd phase, median guest s")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--kernel", choices=["debian-6.1", "debian-7", "both"], default="both")
+    parser.add_argument("--skip", action="append", default=[],
+                        help="leave out an image: busybox, initramfs-tools or dracut")
+    parser.add_argument("--chart", default=os.path.join(REPO, "bench", "boot.png"))
+    args = parser.parse_args()
+    buildbench.ensure_tools()
+    chosen = []
+    if args.kernel in ("debian-6.1", "both"):
+        chosen.append(kernels.fetch_61())
+    if args.kernel in ("debian-7", "both"):
+        chosen.append(kernels.fetch_7x())
+    all_series: list[Series] = []
+    with tempfile.TemporaryDirectory(prefix="pyinit-bootbench-") as tmp:
+        harness.make_rootfs(f"{tmp}/root")
+        disk = harness.make_ext4_disk(f"{tmp}/root.img", f"{tmp}/root")
+        for kernel in chosen:
+            images = {"pyinit": f"{tmp}/pyinit-{kernel.name}.img"}
+            harness.build_image(images["pyinit"], kernel.moddir, kernel.kver,
+                                DRIVERS[kernel.name])
+            if "busybox" not in args.skip:
+                images["busybox"] = f"{tmp}/busybox-{kernel.name}.img"
+                floor_image(kernel, images["busybox"])
+            if "initramfs-tools" not in args.skip:
+                images["initramfs-tools"] = f"{tmp}/itools-{kernel.name}.img"
+                buildbench.MODULES[:] = [*DRIVERS[kernel.name], "ext4"]
+                buildbench.bench_initramfs_tools(kernel, images["initramfs-tools"], 1,
+                                                 tempfile.mkdtemp(dir=tmp))
+            if "dracut" not in args.skip:
+                images["dracut"] = f"{tmp}/dracut-{kernel.name}.img"
+                buildbench.MODULES[:] = [*DRIVERS[kernel.name], "ext4"]
+                buildbench.bench_dracut(kernel, images["dracut"], 1)
+            for name, image in images.items():
+                series = Series(name, kernel.name)
+                boot_series(series, kernel, image, disk, args.runs, tmp)
+                all_series.append(series)
+                print(f"{name} on {kernel.name}: median "
+                      f"{statistics.median(series.phases):.2f} s", flush=True)
+    print(versions() + "; kernels " + ", ".join(k.kver for k in chosen))
+    print(report(all_series))
+    chart(all_series, args.chart)
+    print(f"chart: {args.chart}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
