@@ -55,6 +55,15 @@ def populate_initramfs(top: str) -> None:
     os.symlink("usr/lib", os.path.join(top, "lib"))
 
 
+def mounted_initramfs(tmp_path: Path) -> str:
+    """A fake initramfs on a tmpfs mount of its own (as the initramfs is under nullfs)."""
+    initramfs = str(tmp_path / "initramfs")
+    os.makedirs(initramfs)
+    syscalls.mount("initramfs", initramfs, "tmpfs", 0, "size=16m")
+    populate_initramfs(initramfs)
+    return initramfs
+
+
 def populate_root(root: str) -> None:
     for sub in ("proc", "dev", "run", "sys", "sbin"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
@@ -86,10 +95,7 @@ def test_pivot_root_path(tmp_path: Path) -> None:
     """The initramfs is a mount of its own (as on Linux 7.x with nullfs): pivot_root."""
 
     def body() -> dict[str, Any]:
-        initramfs = str(tmp_path / "initramfs")
-        os.makedirs(initramfs)
-        syscalls.mount("initramfs", initramfs, "tmpfs", 0, "size=16m")
-        populate_initramfs(initramfs)
+        initramfs = mounted_initramfs(tmp_path)
         syscalls.mount("realroot", f"{initramfs}/sysroot", "tmpfs", 0, "size=16m")
         populate_root(f"{initramfs}/sysroot")
         syscalls.mount("proc", f"{initramfs}/proc", "proc")
@@ -157,10 +163,7 @@ def test_refuses_to_empty_a_real_root() -> None:
 
 def test_not_a_mount_point_is_refused(tmp_path: Path) -> None:
     def body() -> dict[str, Any]:
-        initramfs = str(tmp_path / "initramfs")
-        os.makedirs(initramfs)
-        syscalls.mount("initramfs", initramfs, "tmpfs", 0, "size=16m")
-        populate_initramfs(initramfs)
+        initramfs = mounted_initramfs(tmp_path)
         os.chroot(initramfs)
         try:
             switchroot.switch_root("/sysroot")

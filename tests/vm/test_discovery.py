@@ -101,15 +101,21 @@ def test_root_filesystems_with_their_modules(kernel7: Kernel, fs_image: str, roo
     assert "TESTINIT done" in result.log
 
 
-def test_two_devices_with_one_uuid_stop_the_boot(setup: Setup, root_tree: Path,
-                                                 tmp_path: Path) -> None:
-    shared = "11111111-2222-4333-8444-555555555555"
+def twin_disks(root_tree: Path, tmp_path: Path, shared: str) -> list[str]:
+    """Two ext4 disks sharing one filesystem UUID (labels twina and twinb)."""
     paths = []
     for name in ("a", "b"):
         path = str(tmp_path / f"{name}.img")
         harness.make_fs_image(path, str(root_tree), "ext4", 32, f"twin{name}", shared)
         paths.append(path)
-    result = setup.boot(f"{UNATTENDED} root=UUID={shared}", "twins", disks=paths)
+    return paths
+
+
+def test_two_devices_with_one_uuid_stop_the_boot(setup: Setup, root_tree: Path,
+                                                 tmp_path: Path) -> None:
+    shared = "11111111-2222-4333-8444-555555555555"
+    result = setup.boot(f"{UNATTENDED} root=UUID={shared}", "twins",
+                        disks=twin_disks(root_tree, tmp_path, shared))
     assert (f"boot failed in stage discover: root=UUID={shared}: the device with "
             f"UUID={shared} matches 2 devices, refusing to guess: /dev/vda (254:0) TYPE=ext4 "
             f"UUID={shared} LABEL=twina") in result.log, result.log[-3000:]
@@ -117,16 +123,16 @@ def test_two_devices_with_one_uuid_stop_the_boot(setup: Setup, root_tree: Path,
     assert "reboot: Power down" in result.log and "TESTINIT" not in result.log
 
 
-def test_hotplugged_root_is_found_with_rootwait(kernel7: Kernel, fs_image: str,
-                                                root_tree: Path, tmp_path: Path) -> None:
+def hotplug_boot(kernel: Kernel, image: str, root_tree: Path, tmp_path: Path) -> str:
+    """Boot with no root disk and rootwait, add the disk through QMP 5 s after the modules
+    stage, and return the console log once the real init has run."""
     disk = harness.make_ext4_disk(str(tmp_path / "late.img"), str(root_tree))
-    vm = harness.InteractiveVM(kernel7.vmlinuz, fs_image, [],
+    vm = harness.InteractiveVM(kernel.vmlinuz, image, [],
                                f"console=ttyS0 {UNATTENDED} root=UUID={disk.uuid} rootwait",
                                str(tmp_path))
     try:
         vm.expect(r"Run /init as init process")
-        vm.expect(r"pyinit rescue console|event=waiting_for_root|event=stage stage=modules",
-                  timeout=120)
+        vm.expect(r"event=stage stage=modules|event=waiting_for_root", timeout=120)
         time.sleep(5)
         vm.qmp({"execute": "blockdev-add", "arguments": {
                     "node-name": "late", "driver": "raw",
@@ -137,9 +143,15 @@ def test_hotplugged_root_is_found_with_rootwait(kernel7: Kernel, fs_image: str,
         vm.wait()
     finally:
         vm.stop()
-    found = [line for line in vm.log.splitlines() if "event=root_found" in line]
+    return vm.log
+
+
+def test_hotplugged_root_is_found_with_rootwait(kernel7: Kernel, fs_image: str,
+                                                root_tree: Path, tmp_path: Path) -> None:
+    log = hotplug_boot(kernel7, fs_image, root_tree, tmp_path)
+    found = [line for line in log.splitlines() if "event=root_found" in line]
     assert found and "device=/dev/vda" in found[0]
-    assert "event=module_loaded module=virtio_blk" in vm.log  # loaded on the hotplug event
+    assert "event=module_loaded module=virtio_blk" in log  # loaded on the hotplug event
 
 
 def test_fsck_repairs_an_ext4_root_marked_with_errors(kernel7: Kernel, fs_image: str,
@@ -187,12 +199,8 @@ def test_every_root_form_with_udevd(kernel7: Kernel, systemd_image: str, gpt_dis
 def test_twin_uuids_with_udevd(kernel7: Kernel, systemd_image: str, root_tree: Path,
                                tmp_path: Path) -> None:
     shared = "11111111-2222-4333-8444-666666666666"
-    paths = []
-    for name in ("a", "b"):
-        path = str(tmp_path / f"{name}.img")
-        harness.make_fs_image(path, str(root_tree), "ext4", 32, f"twin{name}", shared)
-        paths.append(path)
-    result = boot7(kernel7, systemd_image, paths, f"root=UUID={shared}", tmp_path / "b.log")
+    result = boot7(kernel7, systemd_image, twin_disks(root_tree, tmp_path, shared),
+                   f"root=UUID={shared}", tmp_path / "b.log")
     assert "matches 2 devices, refusing to guess: /dev/vda (254:0)" in result.log, \
         result.log[-3000:]
     assert "reboot: Power down" in result.log and "TESTINIT" not in result.log
@@ -200,20 +208,5 @@ def test_twin_uuids_with_udevd(kernel7: Kernel, systemd_image: str, root_tree: P
 
 def test_hotplug_with_udevd(kernel7: Kernel, systemd_image: str, root_tree: Path,
                             tmp_path: Path) -> None:
-    disk = harness.make_ext4_disk(str(tmp_path / "late.img"), str(root_tree))
-    vm = harness.InteractiveVM(kernel7.vmlinuz, systemd_image, [],
-                               f"console=ttyS0 {UNATTENDED} root=UUID={disk.uuid} rootwait",
-                               str(tmp_path))
-    try:
-        vm.expect(r"Run /init as init process")
-        time.sleep(8)
-        vm.qmp({"execute": "blockdev-add", "arguments": {
-                    "node-name": "late", "driver": "raw",
-                    "file": {"driver": "file", "filename": disk.path}}},
-               {"execute": "device_add", "arguments": {
-                    "driver": "virtio-blk-pci", "drive": "late", "id": "latedisk"}})
-        vm.expect(r"TESTINIT done", timeout=120)
-        vm.wait()
-    finally:
-        vm.stop()
-    assert "event=udevd_started" in vm.log and "event=root_found device=/dev/vda" in vm.log
+    log = hotplug_boot(kernel7, systemd_image, root_tree, tmp_path)
+    assert "event=udevd_started" in log and "event=root_found device=/dev/vda" in log
