@@ -78,6 +78,29 @@ class BlockDevice:
         )
 
 
+def sysfs_modaliases(sys: str = "/sys") -> list[str]:
+    """The modalias of every device on every bus ("" for those without one)."""
+    found: list[str] = []
+    try:
+        buses = sorted(os.listdir(f"{sys}/bus"))
+    except OSError:
+        return found
+    for bus in buses:
+        directory = f"{sys}/bus/{bus}/devices"
+        try:
+            devices = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for device in devices:
+            try:
+                with open(f"{directory}/{device}/modalias", encoding="ascii",
+                          errors="replace") as fh:
+                    found.append(fh.read().strip())
+            except OSError:
+                found.append("")
+    return found
+
+
 def scan_sysfs(sys_block: str = "/sys/class/block") -> list[BlockDevice]:
     """Every block device the kernel has, read from sysfs and probed (no udev needed)."""
     devices: list[BlockDevice] = []
@@ -217,13 +240,13 @@ class Hotplug:
         self.events = 0
 
     def coldplug(self) -> tuple[int, int]:
-        """Load the modules every existing device's MODALIAS names.
+        """Load the modules every existing device's MODALIAS names, read straight from
+        sysfs (a pyudev enumeration of every device costs ~0.4 s of guest time under TCG).
 
-        Returns (devices seen, devices with a MODALIAS)."""
+        Returns (bus devices seen, devices with a MODALIAS)."""
         count = with_alias = 0
-        for device in self.context.list_devices():
+        for modalias in sysfs_modaliases():
             count += 1
-            modalias = device.properties.get("MODALIAS")
             if modalias:
                 with_alias += 1
                 self.loader.load_for_modalias(modalias)
