@@ -63,8 +63,18 @@ class Udevd:
                 process.wait()
                 raise UdevError(f"{UDEVD} did not create {CONTROL} within {START_TIMEOUT:g} s")
             time.sleep(0.01)
-        _udevadm("control", "--ping")
-        return cls(process)
+        # The socket can exist before udevd accepts messages on it: a ping sent in between
+        # is refused ("Invalid sender uid 65534": no credentials were attached yet).
+        while True:
+            try:
+                _udevadm("control", "--ping")
+                return cls(process)
+            except UdevError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    process.wait()
+                    raise
+                time.sleep(0.05)
 
     def trigger(self) -> None:
         """Replay 'add' for every subsystem and device (coldplug through udev)."""
