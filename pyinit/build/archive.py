@@ -55,6 +55,7 @@ def extract(data: bytes, directory: str) -> int:
     """Unpack every archive into DIRECTORY (device nodes are skipped); returns the count."""
     count = 0
     root = os.path.realpath(directory)
+    links: dict[str, list[str]] = {}  # hard-link groups: the data comes with the last name
     for _fmt, entry in entries(data):
         cpio.check_name(entry.name)
         path = os.path.join(root, entry.name)
@@ -75,6 +76,12 @@ def extract(data: bytes, directory: str) -> int:
             with open(path, "wb") as fh:
                 fh.write(entry.data)
             os.chmod(path, mode)
+            if entry.link:
+                links.setdefault(entry.link, []).append(path)
+                if entry.data:  # the last name: link the earlier ones to it
+                    for earlier in links[entry.link][:-1]:
+                        os.unlink(earlier)
+                        os.link(path, earlier)
         else:
             continue  # device nodes: the kernel makes them, a user's directory need not
         count += 1

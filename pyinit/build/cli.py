@@ -364,7 +364,13 @@ def build(cfg: Config) -> Result:
         if not os.path.exists(src):
             raise BuildError(f"--include {src} {dest}: expected an existing file, found none")
         add_tool(img, resolver, stripper, src, dest, "included")
-    for fstype in settings.fsck:
+    fsck_types = list(settings.fsck)
+    if cfg.hostonly:
+        # The root filesystem's fsck, when this host has one (the init runs it before rw).
+        root_type = hostonly.root_mount()[1]
+        if any(os.path.exists(f"{d}/fsck.{root_type}") for d in ("/sbin", "/usr/sbin")):
+            fsck_types.append(root_type)
+    for fstype in dict.fromkeys(fsck_types):
         tool = next((p for p in (f"/sbin/fsck.{fstype}", f"/usr/sbin/fsck.{fstype}")
                      if os.path.exists(p)), None)
         if tool is None:

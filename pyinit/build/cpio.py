@@ -28,6 +28,7 @@ class Entry:
     mode: int
     data: bytes = b""
     rdev: tuple[int, int] = (0, 0)
+    link: str = ""  # entries sharing a non-empty link are hard links of one file
 
     @property
     def kind(self) -> str:
@@ -62,13 +63,31 @@ def write(out: BinaryIO, entries: Iterable[Entry], mtime: int = 0) -> int:
         if entry.name in by_name and by_name[entry.name] != entry:
             raise CpioError(f"archive name {entry.name!r} given twice with different content")
         by_name[entry.name] = entry
+    names = sorted(by_name)
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        if by_name[name].link:
+            groups.setdefault(by_name[name].link, []).append(name)
+    for link, members in groups.items():
+        if len({by_name[n].data for n in members}) != 1:
+            raise CpioError(f"hard links {', '.join(members)} ({link}) differ in content")
+    inodes: dict[str, int] = {}
     written = 0
-    for ino, name in enumerate(sorted(by_name), 1):
+    for number, name in enumerate(names, 1):
         entry = by_name[name]
         encoded = name.encode() + b"\0"
         nlink = 2 if stat.S_ISDIR(entry.mode) else 1
-        head = _header(ino, entry.mode, nlink, mtime, len(entry.data), entry.rdev, len(encoded))
-        chunk = head + encoded + _pad(len(head) + len(encoded)) + entry.data + _pad(len(entry.data))
+        data = entry.data
+        ino = number
+        if entry.link:
+            # newc hard links: one inode number, the data only with the last name.
+            members = groups[entry.link]
+            ino = inodes.setdefault(entry.link, number)
+            nlink = len(members)
+            if name != members[-1]:
+                data = b""
+        head = _header(ino, entry.mode, nlink, mtime, len(data), entry.rdev, len(encoded))
+        chunk = head + encoded + _pad(len(head) + len(encoded)) + data + _pad(len(data))
         out.write(chunk)
         written += len(chunk)
     encoded = TRAILER.encode() + b"\0"
@@ -94,8 +113,9 @@ def read(data: bytes, offset: int = 0) -> Iterator[tuple[Entry, int]]:
             fields = [int(data[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
         except ValueError as err:
             raise CpioError(f"offset {pos}: corrupt newc header") from err
-        mode, size, rmaj, rmin, namesize = (fields[1], fields[6], fields[9], fields[10],
-                                            fields[11])
+        ino, mode, nlink, size, rmaj, rmin, namesize = (fields[0], fields[1], fields[4],
+                                                        fields[6], fields[9], fields[10],
+                                                        fields[11])
         name_start = pos + 110
         name = data[name_start : name_start + namesize - 1].decode(errors="surrogateescape")
         body = name_start + namesize
@@ -108,4 +128,5 @@ def read(data: bytes, offset: int = 0) -> Iterator[tuple[Entry, int]]:
         if name == TRAILER:
             yield Entry(name, 0), pos
             return
-        yield Entry(name, mode, content, (rmaj, rmin)), pos
+        link = f"ino:{ino}" if nlink > 1 and stat.S_ISREG(mode) else ""
+        yield Entry(name, mode, content, (rmaj, rmin), link), pos

@@ -55,9 +55,12 @@ class Image:
             raise ImageError(f"{path}: expected a directory in the image, found a file")
         self._put(path, cpio.Entry(path.lstrip("/"), stat.S_IFDIR | mode), part)
 
-    def add_bytes(self, path: str, data: bytes, mode: int = 0o644, part: str = "skeleton") -> None:
+    def add_bytes(self, path: str, data: bytes, mode: int = 0o644, part: str = "skeleton",
+                  link: str = "") -> None:
+        """A regular file; files added with one LINK key become hard links of each other."""
         path = self._parent_resolved(path, part)
-        self._put(path, cpio.Entry(path.lstrip("/"), stat.S_IFREG | mode, data), part)
+        self._put(path, cpio.Entry(path.lstrip("/"), stat.S_IFREG | mode, data, link=link),
+                  part)
 
     def add_symlink(self, path: str, target: str, part: str = "skeleton") -> None:
         path = self._parent_resolved(path, part)
@@ -102,7 +105,8 @@ class Image:
         st = os.stat(src)
         with open(src, "rb") as fh:
             content = fh.read() if data is None else data
-        self.add_bytes(dest, content, stat.S_IMODE(st.st_mode), part)
+        link = f"{st.st_dev}:{st.st_ino}" if st.st_nlink > 1 else ""
+        self.add_bytes(dest, content, stat.S_IMODE(st.st_mode), part, link=link)
 
     def _add_host_path(self, path: str, part: str, data: bytes | None, depth: int) -> None:
         if depth > 40:
@@ -126,7 +130,8 @@ class Image:
                     data = fh.read()
         except OSError as err:
             raise ImageError(f"{path}: expected a readable file, found: {err.strerror}") from err
-        self.add_bytes(path, data, stat.S_IMODE(st.st_mode), part)
+        link = f"{st.st_dev}:{st.st_ino}" if st.st_nlink > 1 else ""
+        self.add_bytes(path, data, stat.S_IMODE(st.st_mode), part, link=link)
 
     def add_tree(self, src: str, dest: str, part: str = "skeleton") -> None:
         """Copy a directory tree (rootfs-skel/) verbatim."""
@@ -146,12 +151,23 @@ class Image:
     def written(self) -> list[tuple[str, cpio.Entry]]:
         return [(p, e) for p, e in self.entries.items() if p not in self.base]
 
+    def _counted(self) -> list[tuple[str, cpio.Entry]]:
+        """Written entries, each hard-linked file's data counted once."""
+        seen: set[str] = set()
+        counted = []
+        for path, entry in self.written():
+            if entry.link and entry.link in seen:
+                continue
+            seen.add(entry.link)
+            counted.append((path, entry))
+        return counted
+
     def unpacked_size(self) -> int:
-        return sum(len(e.data) for _, e in self.written())
+        return sum(len(e.data) for _, e in self._counted())
 
     def size_by_part(self) -> dict[str, int]:
         sizes: Counter[str] = Counter()
-        for path, entry in self.written():
+        for path, entry in self._counted():
             sizes[self.parts[path]] += len(entry.data)
         return dict(sorted(sizes.items()))
 

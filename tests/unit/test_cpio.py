@@ -86,3 +86,34 @@ def test_corrupt_archive_is_a_clear_error() -> None:
         list(cpio.read(b"garbage" + data))
     with pytest.raises(cpio.CpioError, match="truncated"):
         list(cpio.read(data[:200]))
+
+
+def test_hard_links_share_one_inode_and_one_copy_of_the_data(tmp_path: Path) -> None:
+    payload = b"shared bytes" * 100
+    entries = [cpio.Entry("bin", stat.S_IFDIR | 0o755),
+               cpio.Entry("bin/e2fsck", stat.S_IFREG | 0o755, payload, link="host:42"),
+               cpio.Entry("bin/fsck.ext4", stat.S_IFREG | 0o755, payload, link="host:42")]
+    data = archive(entries)
+    assert data.count(payload) == 1
+    subprocess.run(["cpio", "-i", "--quiet", "-d"], input=data, cwd=tmp_path, check=True)
+    a, b = (tmp_path / "bin/e2fsck").stat(), (tmp_path / "bin/fsck.ext4").stat()
+    assert a.st_ino == b.st_ino and a.st_nlink == 2
+    assert (tmp_path / "bin/e2fsck").read_bytes() == payload
+
+
+def test_hard_links_from_the_host_and_extract(tmp_path: Path) -> None:
+    from pyinit.build import archive as images
+    from pyinit.build import image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"x" * 50)
+    os.link(src / "a", src / "b")
+    img = image.Image()
+    img.add_host_file(str(src / "a"), "/t/a")
+    img.add_host_file(str(src / "b"), "/t/b")
+    assert img.unpacked_size() == 50
+    out = tmp_path / "out"
+    assert images.extract(img.archive(), str(out)) == 3
+    assert (out / "t/a").stat().st_ino == (out / "t/b").stat().st_ino
+    assert (out / "t/b").read_bytes() == b"x" * 50
