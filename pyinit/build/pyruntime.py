@@ -25,10 +25,12 @@ INIT_MODULES = ["pyinit.init", "pyinit.stages", "pyinit.rescue", "pyinit.discove
 # Optional imports whose importers fall back cleanly (try/except ImportError) and which the
 # init never needs: asyncio's ssl support (and OpenSSL with it), shutil's bz2, structlog's
 # colorama, readline for the rescue console's line editing, shutil's lzma (the builder
-# stores modules uncompressed for kernels that cannot decompress them); and C accelerators whose
+# stores modules uncompressed for kernels that cannot decompress them), shutil's zlib (the
+# stdlib zip is stored, so zipimport never inflates); and C accelerators whose
 # modules carry a pure-Python implementation the init's few calls do not notice.
 EXCLUDES = ["ssl", "_ssl", "bz2", "_bz2", "colorama", "readline",
-            "_pickle", "_datetime", "_json", "_asyncio", "_heapq", "_bisect", "lzma", "_lzma"]
+            "_pickle", "_datetime", "_json", "_asyncio", "_heapq", "_bisect", "lzma", "_lzma",
+            "_uuid", "_opcode", "_typing", "zlib"]
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 # As python -OO: docstrings (never read on the boot path) and asserts are compiled out.
 OPTIMIZE = 2
