@@ -101,36 +101,52 @@ def sysfs_modaliases(sys: str = "/sys") -> list[str]:
     return found
 
 
+def from_sysfs(sys_path: str, node: str | None = None) -> BlockDevice | None:
+    """A block device as sysfs describes it (numbers, partition, its disk); not probed.
+    None when SYS_PATH is no block device."""
+    try:
+        with open(os.path.join(sys_path, "dev"), encoding="ascii") as fh:
+            major, minor = (int(x) for x in fh.read().strip().split(":"))
+    except (OSError, ValueError):
+        return None
+    name = os.path.basename(os.path.realpath(sys_path))
+    node = node or f"/dev/{name}"
+    partnum: int | None = None
+    disk = node
+    try:
+        with open(os.path.join(sys_path, "partition"), encoding="ascii") as fh:
+            partnum = int(fh.read().strip() or 0)
+        disk = "/dev/" + os.path.basename(os.path.dirname(os.path.realpath(sys_path)))
+    except (OSError, ValueError):
+        pass
+    return BlockDevice(node, (major, minor), "partition" if partnum is not None else "disk",
+                       disk, partnum)
+
+
+def _probe(dev: BlockDevice, sys_path: str) -> BlockDevice:
+    """Fill in libblkid's properties and the sysfs-derived ID_PATH."""
+    try:
+        dev.props = probe_properties(dev.node)
+    except OSError as err:
+        dev.probe_error = err.strerror or str(err)
+    _finish(dev, sys_path)
+    return dev
+
+
+def _finish(dev: BlockDevice, sys_path: str) -> None:
+    if "ID_PART_ENTRY_NUMBER" in dev.props and dev.partnum is None:
+        dev.partnum = int(dev.props["ID_PART_ENTRY_NUMBER"])
+    _add_path_id(dev, sys_path)
+
+
 def scan_sysfs(sys_block: str = "/sys/class/block") -> list[BlockDevice]:
     """Every block device the kernel has, read from sysfs and probed (no udev needed)."""
-    devices: list[BlockDevice] = []
     try:
         names = sorted(os.listdir(sys_block))
     except OSError:
-        return devices
-    for name in names:
-        base = os.path.join(sys_block, name)
-        try:
-            with open(os.path.join(base, "dev"), encoding="ascii") as fh:
-                major, minor = (int(x) for x in fh.read().strip().split(":"))
-        except (OSError, ValueError):
-            continue
-        partnum: int | None = None
-        disk = f"/dev/{name}"
-        if os.path.exists(os.path.join(base, "partition")):
-            with open(os.path.join(base, "partition"), encoding="ascii") as fh:
-                partnum = int(fh.read().strip() or 0)
-            parent = os.path.basename(os.path.dirname(os.path.realpath(base)))
-            disk = f"/dev/{parent}"
-        dev = BlockDevice(f"/dev/{name}", (major, minor),
-                          "partition" if partnum is not None else "disk", disk, partnum)
-        try:
-            dev.props = probe_properties(dev.node)
-        except OSError as err:
-            dev.probe_error = err.strerror or str(err)
-        _add_path_id(dev, base)
-        devices.append(dev)
-    return devices
+        return []
+    found = [(from_sysfs(os.path.join(sys_block, n)), os.path.join(sys_block, n)) for n in names]
+    return [_probe(dev, path) for dev, path in found if dev is not None]
 
 
 def probe_properties(node: str) -> dict[str, str]:
@@ -142,34 +158,19 @@ def probe_properties(node: str) -> dict[str, str]:
 def block_device(device: Any, udev_props: bool) -> BlockDevice:
     """A pyudev block Device -> BlockDevice, probed when udevd did not do it for us (or
     has not yet: a device enumerated before udev processed it has no ID_FS_* yet)."""
-    node = device.device_node or "/dev/" + device.sys_name
-    number = device.device_number
-    devtype = device.device_type or "disk"
-    partnum: int | None = None
-    disk = node
-    if devtype == "partition":
-        try:
-            partnum = int(device.attributes.asstring("partition"))
-        except (KeyError, ValueError):
-            partnum = None
-        parent = device.find_parent("block")
-        if parent is not None and parent.device_node:
-            disk = parent.device_node
-    dev = BlockDevice(node, (os.major(number), os.minor(number)), devtype, disk, partnum)
+    dev = from_sysfs(device.sys_path, device.device_node)
+    if dev is None:  # gone already (a remove raced the add): describe it from the event
+        number = device.device_number
+        node = device.device_node or "/dev/" + device.sys_name
+        dev = BlockDevice(node, (os.major(number), os.minor(number)),
+                          device.device_type or "disk", node, None)
     if udev_props and device.properties.get("ID_FS_TYPE") is not None:
         dev.props = {k: device.properties[k] for k in (*_BLKID_TO_UDEV.values(), "ID_PATH")
                      if k in device.properties}
         dev.links = tuple(device.properties.get("DEVLINKS", "").split())
-    else:
-        try:
-            dev.props = probe_properties(node)
-        except OSError as err:
-            dev.probe_error = err.strerror or str(err)
-    if "ID_PART_ENTRY_NUMBER" in dev.props and partnum is None:
-        partnum = int(dev.props["ID_PART_ENTRY_NUMBER"])
-        dev.partnum = partnum
-    _add_path_id(dev, device.sys_path)
-    return dev
+        _finish(dev, device.sys_path)
+        return dev
+    return _probe(dev, device.sys_path)
 
 
 def _add_path_id(dev: BlockDevice, sys_path: str) -> None:

@@ -134,33 +134,29 @@ def config_from(args: argparse.Namespace) -> Config:
                   hostonly_mode, args.force, int(epoch), args.cache)
 
 
-def kernel_config(cfg: Config) -> str | None:
-    """The target kernel's .config text, when the modules directory or /boot has it."""
+def kernel_config(cfg: Config) -> tuple[str, list[str]] | None:
+    """(path, lines) of the target kernel's .config, when the modules directory or /boot
+    has it."""
     for path in (os.path.join(cfg.kmoddir, "config"), f"/boot/config-{cfg.kver}"):
         if os.path.isfile(path):
             with open(path, encoding="utf-8", errors="replace") as fh:
-                return fh.read()
+                return path, fh.read().splitlines()
     return None
 
 
 def kernel_option(cfg: Config, option: str) -> bool:
     """OPTION=y in the kernel's config (False when the config is unknown)."""
-    text = kernel_config(cfg)
-    return text is not None and f"{option}=y" in text.splitlines()
+    found = kernel_config(cfg)
+    return found is not None and f"{option}=y" in found[1]
 
 
 def check_kernel_config(cfg: Config) -> None:
     """Refuse a compression the target kernel cannot unpack (when its config is known)."""
     wanted = compress.KERNEL_CONFIG.get(cfg.settings.compress)
-    if wanted is None:
-        return
-    for path in (os.path.join(cfg.kmoddir, "config"), f"/boot/config-{cfg.kver}"):
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                if f"{wanted}=y" not in fh.read().splitlines():
-                    raise BuildError(f"--compress {cfg.settings.compress}: the kernel "
-                                     f"{cfg.kver} cannot unpack it ({path} has no {wanted}=y)")
-            return
+    found = kernel_config(cfg)
+    if wanted is not None and found is not None and f"{wanted}=y" not in found[1]:
+        raise BuildError(f"--compress {cfg.settings.compress}: the kernel {cfg.kver} cannot "
+                         f"unpack it ({found[0]} has no {wanted}=y)")
 
 
 def add_elf_closure(img: image.Image, resolver: elfdeps.Resolver, stripper: strip.Stripper,
