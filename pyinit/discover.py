@@ -302,11 +302,7 @@ class Discovery:
             limit = next_report - now
             if not self.wait_forever:
                 limit = min(limit, deadline - now)
-            device = self.hotplug.next_event(limit)
-            if device is None or device.action not in ("add", "change"):
-                continue
-            if device.subsystem == "block" and device.device_node:
-                self._add(device)
+            if self._take(self.hotplug.next_event(limit)):
                 found = find_root(self.spec, self.devices)
                 if found is not None:
                     found = self._confirm()
@@ -317,12 +313,20 @@ class Discovery:
         (one module load often creates several disks at once, whose events are still
         queued), so that root= matching two devices is reported, never raced past."""
         while (device := self.hotplug.next_event(0.0, block=False)) is not None:
-            if device.subsystem == "block" and device.device_node:
-                self._add(device)
+            self._take(device)
         for device in self.hotplug.block_devices():
             if device.device_node not in self.devices:
                 self._add(device)
         return find_root(self.spec, self.devices)
+
+    def _take(self, device: Any) -> bool:
+        """Record DEVICE when the event adds or changes a block device; True if it did."""
+        if device is None or device.action not in ("add", "change"):
+            return False
+        if device.subsystem != "block" or not device.device_node:
+            return False
+        self._add(device)
+        return True
 
     def _add(self, device: Any) -> None:
         dev = block_device(device, udev_props=self.hotplug.udev is not None)
