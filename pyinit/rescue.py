@@ -89,11 +89,15 @@ def open_console(stage: str, boot: console.BootState) -> bool:
     return True
 
 
+def detail(error: BaseException) -> str:
+    """What went wrong, without Python's "[Errno N]" decoration."""
+    return (error.strerror if isinstance(error, OSError) and error.strerror
+            else str(error)) or type(error).__name__
+
+
 def describe(stage: str, error: BaseException) -> list[str]:
     """The few lines a person reads: stage, what went wrong (asked/found), what to try."""
-    detail = (error.strerror if isinstance(error, OSError) and error.strerror
-              else str(error)) or type(error).__name__
-    lines = [f"boot failed in stage {stage}: {detail}"]
+    lines = [f"boot failed in stage {stage}: {detail(error)}"]
     hint = HINTS.get(stage)
     if hint:
         lines.append(f"try: {hint}")
@@ -103,7 +107,7 @@ def describe(stage: str, error: BaseException) -> list[str]:
 def failure(stage: str, error: BaseException, boot: console.BootState) -> None:
     """Report ERROR in STAGE and act. Returns only when the stage should be tried again."""
     lines = describe(stage, error)
-    log.get().error("failure", stage=stage, error=lines[0].split(": ", 1)[1])
+    log.get().error("failure", stage=stage, error=detail(error))
     text = "\n" + "".join(f"pyinit: {line}\n" for line in lines)
     if not isinstance(error, (OSError, ValueError, RuntimeError, LookupError)):
         text += "".join(traceback.format_exception(error))

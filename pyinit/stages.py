@@ -51,8 +51,9 @@ def discover_root(options: Options, hotplug: Hotplug) -> BlockDevice:
 
 def mount_root(options: Options, hotplug: Hotplug, device: BlockDevice, target: str) -> None:
     probed = device.props.get("ID_FS_TYPE")
+    known = mountroot.filesystems()
     for fstype in (options.rootfstype or probed or "").split(","):
-        if fstype and fstype not in mountroot.filesystems():
+        if fstype and fstype not in known:
             # The kernel would ask /sbin/modprobe for fs-TYPE; the image has none: load it here.
             hotplug.loader.load_optional_alias(f"fs-{fstype}", reason=f"root filesystem {fstype}")
     if not options.read_only:
