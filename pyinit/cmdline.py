@@ -24,6 +24,9 @@ class CmdlineError(ValueError):
 
 @dataclass(frozen=True)
 class Options:
+    """What the kernel command line asked of the init; values it could not read are
+    described in errors, never raised."""
+
     root: RootSpec | None = None
     rootfstype: str | None = None
     rootflags: str | None = None

@@ -59,6 +59,8 @@ class DiscoveryError(RuntimeError):
 
 @dataclass
 class BlockDevice:
+    """A block device as root= matching sees it: sysfs identity plus probed tags."""
+
     node: str
     devnum: tuple[int, int]
     devtype: str

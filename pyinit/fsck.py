@@ -21,6 +21,8 @@ class FsckError(RuntimeError):
 
 @dataclass(frozen=True)
 class FsckResult:
+    """What one fsck run did: its status, its last words, whether it asks for a reboot."""
+
     ran: bool
     status: int
     tool: str

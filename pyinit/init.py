@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
-from pyinit import cmdline, log, pid1, rescue, syscalls
+from pyinit import cmdline, lazyimport, log, pid1, rescue, syscalls
 from pyinit.cmdline import Options
 
 T = TypeVar("T")
@@ -103,8 +103,10 @@ class Boot:
         device = self.stage("discover", lambda: stages.discover_root(self.options, hotplug))
         self.stage("mount", lambda: stages.mount_root(self.options, hotplug, device, SYSROOT))
         method, removed = self.stage("switch_root", lambda: stages.hand_over(hotplug, SYSROOT))
+        deferred = lazyimport.pending()
         log.get().info("switch_root", method=method, deleted=removed,
-                       init=self.options.init or "/sbin/init", modules=len(sys.modules))
+                       init=self.options.init or "/sbin/init",
+                       modules=len(sys.modules) - len(deferred), deferred=",".join(deferred))
         self.stage("exec", lambda: stages.exec_init(self.options))
         raise AssertionError("exec_init returned")
 

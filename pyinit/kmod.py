@@ -26,6 +26,9 @@ class ModuleError(OSError):
 
 @dataclass
 class ModuleIndex:
+    """The builder's module index for one kernel: paths, dependencies, soft
+    dependencies, aliases and built-in modules."""
+
     base: str
     paths: dict[str, str] = field(default_factory=dict)
     deps: dict[str, list[str]] = field(default_factory=dict)

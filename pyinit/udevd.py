@@ -43,6 +43,8 @@ def _udevadm(*args: str) -> None:
 
 @dataclass
 class Udevd:
+    """The systemd-udevd the init started, until stop() ends it."""
+
     process: subprocess.Popen[bytes]
 
     @classmethod

@@ -45,7 +45,9 @@ def main() -> None:
     for name, module in sorted(sys.modules.items()):
         if name == "__main__" or module is None:
             continue
-        modules[name] = {"file": getattr(module, "__file__", None),
+        spec = getattr(module, "__spec__", None)
+        frozen = getattr(spec, "origin", None) == "frozen"  # in the interpreter's own binary
+        modules[name] = {"file": None if frozen else getattr(module, "__file__", None),
                          "package": bool(getattr(module, "__path__", None))}
     print(json.dumps({
         "failed": failed,

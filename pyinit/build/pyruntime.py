@@ -19,9 +19,9 @@ SITE_IN_IMAGE = "/usr/lib/pyinit"
 # What the init imports, including the imports it makes inside functions (pyudev when the
 # devices stage starts, code for the Python rescue console), and the codecs the interpreter
 # itself loads at start-up.
-INIT_MODULES = ["pyinit.init", "pyinit.stages", "pyinit.rescue", "pyinit.discover", "pyudev",
-                "code", "encodings.utf_8", "encodings.latin_1", "encodings.ascii",
-                "encodings.aliases"]
+INIT_MODULES = ["pyinit.lazyimport", "pyinit.init", "pyinit.stages", "pyinit.rescue",
+                "pyinit.discover", "pyudev", "code", "encodings.utf_8", "encodings.latin_1",
+                "encodings.ascii", "encodings.aliases"]
 # Optional imports whose importers fall back cleanly (try/except ImportError) and which the
 # init never needs: asyncio's ssl support (and OpenSSL with it), shutil's bz2, structlog's
 # colorama, readline for the rescue console's line editing, shutil's lzma (the builder
@@ -32,8 +32,12 @@ EXCLUDES = ["ssl", "_ssl", "bz2", "_bz2", "colorama", "readline",
             "_pickle", "_datetime", "_json", "_asyncio", "_heapq", "_bisect", "lzma", "_lzma",
             "_uuid", "_opcode", "_typing", "zlib"]
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-# As python -OO: docstrings (never read on the boot path) and asserts are compiled out.
+# As python -OO: docstrings (never read on the boot path) and asserts are compiled out,
+# except in modules that define dataclasses: a dataclass without a docstring gets one made
+# by inspect.signature at class creation, which costs inspect's import (0.08 s under TCG,
+# pyinit.lazyimport defers it) and a signature per class.
 OPTIMIZE = 2
+OPTIMIZE_DATACLASSES = 1
 # C libraries that third-party modules open with ctypes at run time (no DT_NEEDED names them).
 CTYPES_LIBRARIES = {"pyudev": ["udev"]}
 
@@ -85,7 +89,8 @@ def pyc(source_path: str, display_name: str) -> bytes:
     """Unchecked hash-based pyc (PEP 552): no mtime in it, no stat of a source at import."""
     with open(source_path, "rb") as fh:
         source = fh.read()
-    code = compile(source, display_name, "exec", dont_inherit=True, optimize=OPTIMIZE)
+    optimize = OPTIMIZE_DATACLASSES if b"@dataclass" in source else OPTIMIZE
+    code = compile(source, display_name, "exec", dont_inherit=True, optimize=optimize)
     header = importlib.util.MAGIC_NUMBER + (1).to_bytes(4, "little")
     return header + importlib.util.source_hash(source) + marshal.dumps(code)
 

@@ -1,0 +1,85 @@
+"""Deferred imports: found at the import statement, run at first use, errors kept."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pyinit
+from pyinit import lazyimport
+
+
+@pytest.fixture
+def modules(tmp_path: Path) -> Iterator[Path]:
+    (tmp_path / "lazy_probe_mod.py").write_text(
+        "import sys\nsys.lazy_probe_runs = getattr(sys, 'lazy_probe_runs', 0) + 1\nVALUE = 42\n")
+    (tmp_path / "lazy_probe_bad.py").write_text("raise OSError('the file is gone')\n")
+    finder = lazyimport.install(["lazy_probe_mod", "lazy_probe_bad", "lazy_probe_missing"])
+    sys.path.insert(0, str(tmp_path))
+    try:
+        yield tmp_path
+    finally:
+        sys.meta_path.remove(finder)
+        sys.path.remove(str(tmp_path))
+        for name in ("lazy_probe_mod", "lazy_probe_bad"):
+            sys.modules.pop(name, None)
+        if hasattr(sys, "lazy_probe_runs"):
+            del sys.lazy_probe_runs
+
+
+def test_the_body_runs_at_first_use_and_once(modules: Path) -> None:
+    module = importlib.import_module("lazy_probe_mod")
+    assert not hasattr(sys, "lazy_probe_runs")
+    assert "lazy_probe_mod" in lazyimport.pending()
+    importlib.import_module("lazy_probe_mod")  # a second import statement does not run it
+    assert not hasattr(sys, "lazy_probe_runs")
+    assert module.VALUE == 42
+    assert sys.lazy_probe_runs == 1  # type: ignore[attr-defined]
+    assert module.VALUE == 42
+    assert sys.lazy_probe_runs == 1  # type: ignore[attr-defined]
+    assert "lazy_probe_mod" not in lazyimport.pending()
+
+
+def test_from_import_runs_it(modules: Path) -> None:
+    from lazy_probe_mod import VALUE  # type: ignore[import-not-found]
+
+    assert VALUE == 42
+    assert sys.lazy_probe_runs == 1  # type: ignore[attr-defined]
+
+
+def test_a_missing_module_still_fails_at_the_import_statement(modules: Path) -> None:
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("lazy_probe_missing")
+
+
+def test_a_failing_body_fails_at_first_use_and_again_later(modules: Path) -> None:
+    module = importlib.import_module("lazy_probe_bad")
+    for _ in range(2):
+        with pytest.raises(OSError, match="the file is gone"):
+            module.anything  # noqa: B018 - the access is the test
+
+
+def test_a_plain_module_has_no_path(modules: Path) -> None:
+    module = importlib.import_module("lazy_probe_mod")
+    assert not hasattr(module, "__path__")
+    assert not hasattr(sys, "lazy_probe_runs")
+
+
+def test_the_inits_dataclasses_carry_their_own_docstrings() -> None:
+    # Without one, dataclasses builds a docstring with inspect.signature: that import is
+    # deferred at boot and must stay so (the image keeps docstrings where @dataclass is used).
+    root = Path(pyinit.__file__).parent
+    for path in sorted(root.glob("*.py")):
+        if path.stem.startswith("_"):
+            continue
+        module = importlib.import_module(f"pyinit.{path.stem}")
+        for value in vars(module).values():
+            if (isinstance(value, type) and dataclasses.is_dataclass(value)
+                    and value.__module__ == module.__name__):
+                assert value.__doc__ and not value.__doc__.startswith(value.__name__ + "("), (
+                    f"{module.__name__}.{value.__name__} needs a docstring")
