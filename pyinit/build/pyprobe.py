@@ -13,6 +13,7 @@ STARTUP = set(sys.modules)  # what the interpreter itself loaded: the image need
 
 import importlib  # noqa: E402 - after STARTUP on purpose
 import json  # noqa: E402
+import os  # noqa: E402
 import sysconfig  # noqa: E402
 
 
@@ -27,9 +28,21 @@ class _Refuse:
             raise ModuleNotFoundError(f"excluded from the image: {name}", name=name)
 
 
+def site_dirs() -> list[str]:
+    """Where third-party packages live. Under -S, site.py never ran, so a venv (which only
+    site.py recognises, by its pyvenv.cfg) is found here the same way."""
+    executable = os.path.abspath(sys.executable)
+    for directory in (os.path.dirname(executable), os.path.dirname(os.path.dirname(executable))):
+        if os.path.isfile(os.path.join(directory, "pyvenv.cfg")):
+            paths = {"base": directory, "platbase": directory}
+            return sorted({sysconfig.get_path(p, "venv", vars=paths)
+                           for p in ("purelib", "platlib")})
+    return sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})
+
+
 def main() -> None:
     request = json.loads(sys.argv[1])
-    site = sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})
+    site = site_dirs()
     sys.path[:0] = request["path"]
     sys.path.extend(site)
     sys.meta_path.insert(0, _Refuse(request["excludes"]))

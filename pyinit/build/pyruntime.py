@@ -63,13 +63,14 @@ class Runtime:
 
 
 def resolve_python(python: str | None) -> str:
-    """The interpreter to ship: --python, else the one running the builder (out of a venv)."""
+    """The interpreter to probe: --python, else the one running the builder. A venv's
+    interpreter stays as named, so the probe sees the venv's packages; the image gets the
+    binary it links to (Runtime.executable)."""
     if python is None:
-        base = getattr(sys, "_base_executable", None) or sys.executable
-        return os.path.realpath(base)
+        return sys.executable
     if not os.path.isfile(python) or not os.access(python, os.X_OK):
         raise RuntimeError_(f"--python {python}: expected an executable Python, found none")
-    return os.path.realpath(python)
+    return os.path.abspath(python)
 
 
 def probe(python: str, modules: list[str], excludes: list[str]) -> dict[str, object]:

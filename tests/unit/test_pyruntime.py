@@ -1,0 +1,48 @@
+"""The Python runtime's closure: what the probe reports is what the init imports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pyinit.build import pyruntime
+
+
+def test_frozen_modules_are_not_shipped_as_files() -> None:
+    info = pyruntime.probe(sys.executable, ["os", "pyinit.lazyimport"], pyruntime.EXCLUDES)
+    modules = info["modules"]
+    assert isinstance(modules, dict)
+    for name in ("os", "codecs", "io", "abc", "posixpath", "_collections_abc"):
+        assert modules[name]["file"] is None  # runs from the interpreter's own binary
+    runtime = pyruntime.collect(None)
+    assert "os.pyc" not in runtime.stdlib_zip
+    assert "importlib/__init__.pyc" in runtime.stdlib_zip  # not frozen: must be there
+
+
+def test_a_venvs_packages_are_found(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3.*")) / "site-packages"
+    (site / "only_in_the_venv.py").write_text("VALUE = 1\n")
+    python = str(venv / "bin" / "python")
+    assert pyruntime.resolve_python(python) == python  # not the base interpreter it links to
+    info = pyruntime.probe(python, ["only_in_the_venv"], [])
+    assert info["failed"] == {}
+    modules = info["modules"]
+    assert isinstance(modules, dict)
+    assert modules["only_in_the_venv"]["file"] == str(site / "only_in_the_venv.py")
+    # The image gets the real binary, not the venv's symlink.
+    runtime = pyruntime.Runtime(python, info)
+    assert not os.path.islink(runtime.executable)
+
+
+def test_dataclass_modules_keep_docstrings(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.py"
+    plain.write_text('"""module doc"""\nX = 1\n')
+    holder = tmp_path / "holder.py"
+    holder.write_text('"""module doc"""\nfrom dataclasses import dataclass\n\n\n'
+                      '@dataclass\nclass A:\n    """class doc"""\n    x: int = 0\n')
+    assert b"module doc" not in pyruntime.pyc(str(plain), "plain.py")
+    assert b"class doc" in pyruntime.pyc(str(holder), "holder.py")
