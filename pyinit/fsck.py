@@ -56,12 +56,12 @@ def run(device: str, fstype: str | None, mode: str = "auto",
     command = argv(tool, device, mode, repair)
     try:
         done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, errors="replace", timeout=TIMEOUT, check=False)
+                              timeout=TIMEOUT, check=False)  # bytes: no locale module needed
     except subprocess.TimeoutExpired as err:
         raise FsckError(f"{' '.join(command)}: no result within {TIMEOUT:g} s") from err
     except OSError as err:
         raise FsckError(f"{' '.join(command)}: cannot run: {err.strerror}") from err
-    output = (done.stdout + done.stderr).strip()
+    output = (done.stdout + done.stderr).decode(errors="replace").strip()
     status = done.returncode
     if status < 0 or status >= 4:
         last = output.splitlines()[-1] if output else "no output"

@@ -1,13 +1,15 @@
-"""Deferred standard-library imports for the boot path.
+"""Imports the boot path makes but never uses, bound without running them.
 
-structlog imports asyncio and uuid at module level and dataclasses imports inspect, but the
-boot never calls into them: under qemu TCG those three imports alone cost about 0.5 s of the
-initrd phase. Modules named here are found as usual (a missing one still fails at its import
-statement) but bound as an empty module that executes on its first attribute access, the
-idea of PEP 690 built from importlib's own finders and loaders.
+structlog imports asyncio and uuid at module level, dataclasses imports inspect, ctypes.util
+imports tempfile and shutil, subprocess imports locale, but the boot never calls into them:
+under qemu TCG they cost about 0.5 s of the initrd phase, and 1.2 MB of the image. Each name
+in UNUSED is bound at its import statement as an empty module (the idea of PEP 690, built
+from importlib's own finders and loaders). Where the module exists (on a host) its body
+runs on the first attribute access; the builder leaves it, and everything only it imports,
+out of the image, where the first attribute access raises ImportError naming the module.
 
-Only modules that no logging, traceback or rescue path touches belong here: one first used
-after switch_root would have to be read from the deleted initramfs.
+A name belongs here only if no boot, logging, traceback or rescue path uses it; the unit
+and VM tests check that none of them has run when the init hands over.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import types
 from collections.abc import Sequence
 from importlib.machinery import ModuleSpec
 
-# Measured with -X importtime in the guest (7.2 kernel, TCG): asyncio 0.31 s (structlog),
-# uuid with platform 0.05 s (structlog), inspect with ast and dis 0.08 s (dataclasses),
-# tempfile with random and shutil 0.05 s (ctypes.util, for the gcc fallback the image never
-# takes), locale 0.02 s (subprocess, for text mode: udevd, before the hand-over only).
-DEFERRED = ("asyncio", "inspect", "locale", "shutil", "tempfile", "uuid")
+# Measured with -X importtime in the guest (7.2 kernel, TCG): asyncio 0.31 s and uuid with
+# platform 0.05 s (structlog's async and thread-local APIs, which pyinit does not call);
+# inspect with ast and dis 0.08 s (dataclasses, to describe a dataclass without a
+# docstring; pyinit's all have one); tempfile with random, and shutil, 0.05 s (ctypes.util's
+# gcc fallback: pyinit.libfind replaces it); locale 0.02 s (subprocess's text mode: pyinit
+# reads its children's output as bytes).
+UNUSED = ("asyncio", "inspect", "locale", "shutil", "tempfile", "uuid")
 
 
 class _Deferred(types.ModuleType):
@@ -41,6 +45,17 @@ class _Deferred(types.ModuleType):
         return getattr(module, attr)
 
 
+class _Unused(types.ModuleType):
+    """A module this image does not carry: any use names it."""
+
+    def __getattr__(self, attr: str) -> object:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        raise ImportError(f"{self.__name__}.{attr}: {self.__name__} is not in this image "
+                          f"(the init's dependencies import it, the init never uses it)",
+                          name=self.__name__)
+
+
 class _DeferringLoader:
     def __init__(self, loader: object) -> None:
         self.loader = loader
@@ -55,8 +70,19 @@ class _DeferringLoader:
         module.__class__ = _Deferred
 
 
+class _UnusedLoader:
+    @staticmethod
+    def create_module(spec: ModuleSpec) -> types.ModuleType:
+        return _Unused(spec.name)
+
+    @staticmethod
+    def exec_module(module: types.ModuleType) -> None:
+        return None
+
+
 class DeferringFinder:
-    """A meta-path finder that asks the other finders and defers what they find."""
+    """A meta-path finder for the names given: defers what the other finders find, and
+    binds a stand-in for what they do not."""
 
     def __init__(self, names: Sequence[str]) -> None:
         self.names = frozenset(names)
@@ -74,15 +100,15 @@ class DeferringFinder:
                     return spec  # namespace packages and old-style loaders load as usual
                 spec.loader = _DeferringLoader(spec.loader)  # type: ignore[assignment]
                 return spec
-        return None
+        return ModuleSpec(name, _UnusedLoader())  # type: ignore[arg-type]
 
 
-def install(names: Sequence[str] = DEFERRED) -> DeferringFinder:
+def install(names: Sequence[str] = UNUSED) -> DeferringFinder:
     finder = DeferringFinder(names)
     sys.meta_path.insert(0, finder)
     return finder
 
 
 def pending() -> list[str]:
-    """Deferred modules whose body has not run."""
-    return sorted(n for n, m in sys.modules.items() if isinstance(m, _Deferred))
+    """Bound modules whose body has not run (or that the image does not carry)."""
+    return sorted(n for n, m in sys.modules.items() if isinstance(m, _Deferred | _Unused))

@@ -3,7 +3,9 @@
 pyudev finds libudev with ctypes.util.find_library, which runs ldconfig, gcc or ld: none of
 them is in the image. This finder looks the library up in the library directories the image
 actually has, the way the dynamic loader would, and is installed only where the stock one
-cannot work.
+cannot work: where there is no loader cache for ldconfig -p to print (no image has one), the
+stock finder would fall back to running gcc, through tempfile and shutil, which the image
+leaves out (pyinit.lazyimport.UNUSED).
 """
 
 from __future__ import annotations
@@ -41,7 +43,10 @@ def image_find_library(name: str) -> str | None:
     return find_in(LIBRARY_DIRS, name)
 
 
+LOADER_CACHE = "/etc/ld.so.cache"
+
+
 def install() -> None:
-    """Use the directory lookup where the stock finder has no ldconfig to work with."""
-    if not any(os.path.exists(p) for p in ("/sbin/ldconfig", "/usr/sbin/ldconfig")):
+    """Use the directory lookup where the stock finder has no loader cache to read."""
+    if not os.path.exists(LOADER_CACHE):
         ctypes.util.find_library = image_find_library

@@ -32,12 +32,12 @@ def present() -> bool:
 def _udevadm(*args: str) -> None:
     command = [UDEVADM, *args]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, errors="replace",
-                              timeout=COMMAND_TIMEOUT, check=False)
+        done = subprocess.run(command, capture_output=True, timeout=COMMAND_TIMEOUT,
+                              check=False)  # bytes: text mode would need the locale module
     except subprocess.TimeoutExpired as err:
         raise UdevError(f"{' '.join(command)}: no answer within {COMMAND_TIMEOUT:g} s") from err
     if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
         raise UdevError(f"{' '.join(command)} exited with status {done.returncode}: {last}")
 
 

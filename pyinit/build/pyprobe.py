@@ -48,6 +48,10 @@ def main() -> None:
     sys.meta_path.insert(0, _Refuse(request["excludes"]))
     for name in set(sys.modules) - STARTUP:
         del sys.modules[name]  # the probe's own imports count only if the init needs them
+    if request["unused"]:  # bound but never run at boot, as /init does: not in the closure
+        from pyinit import lazyimport
+
+        lazyimport.install(request["unused"])
     failed = {}
     for name in request["modules"]:
         try:

@@ -4,6 +4,7 @@ load, and the third-party packages with pyinit itself under /usr/lib/pyinit."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import io
 import json
@@ -12,7 +13,10 @@ import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from pyinit import lazyimport
 
 PYINIT_SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SITE_IN_IMAGE = "/usr/lib/pyinit"
@@ -73,8 +77,10 @@ def resolve_python(python: str | None) -> str:
     return os.path.abspath(python)
 
 
-def probe(python: str, modules: list[str], excludes: list[str]) -> dict[str, object]:
-    request = json.dumps({"path": [PYINIT_SRC], "modules": modules, "excludes": excludes})
+def probe(python: str, modules: list[str], excludes: list[str],
+          unused: Sequence[str] = lazyimport.UNUSED) -> dict[str, object]:
+    request = json.dumps({"path": [PYINIT_SRC], "modules": modules, "excludes": excludes,
+                          "unused": list(unused)})
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyprobe.py")
     try:
         out = subprocess.run([python, "-I", "-S", script, request], check=True,
@@ -86,11 +92,26 @@ def probe(python: str, modules: list[str], excludes: list[str]) -> dict[str, obj
     return result
 
 
+def defines_dataclasses(source: bytes) -> bool:
+    """Whether a class in the module is decorated with dataclass (any spelling)."""
+    if b"dataclass" not in source:
+        return False
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef):
+            for decorator in node.decorator_list:
+                target = decorator.func if isinstance(decorator, ast.Call) else decorator
+                name = (target.attr if isinstance(target, ast.Attribute)
+                        else getattr(target, "id", ""))
+                if name == "dataclass":
+                    return True
+    return False
+
+
 def pyc(source_path: str, display_name: str) -> bytes:
     """Unchecked hash-based pyc (PEP 552): no mtime in it, no stat of a source at import."""
     with open(source_path, "rb") as fh:
         source = fh.read()
-    optimize = OPTIMIZE_DATACLASSES if b"@dataclass" in source else OPTIMIZE
+    optimize = OPTIMIZE_DATACLASSES if defines_dataclasses(source) else OPTIMIZE
     code = compile(source, display_name, "exec", dont_inherit=True, optimize=optimize)
     header = importlib.util.MAGIC_NUMBER + (1).to_bytes(4, "little")
     return header + importlib.util.source_hash(source) + marshal.dumps(code)
@@ -118,6 +139,8 @@ def collect(python: str | None, extra_modules: list[str] | None = None) -> Runti
         path = module["file"]
         if path is None:
             continue  # built into the interpreter
+        if name in lazyimport.UNUSED:
+            continue  # /init binds a stand-in that names it if it is ever used
         path = str(path)
         runtime.sources.append(path)
         if not os.path.exists(path):

@@ -46,3 +46,12 @@ def test_dataclass_modules_keep_docstrings(tmp_path: Path) -> None:
                       '@dataclass\nclass A:\n    """class doc"""\n    x: int = 0\n')
     assert b"module doc" not in pyruntime.pyc(str(plain), "plain.py")
     assert b"class doc" in pyruntime.pyc(str(holder), "holder.py")
+
+
+def test_only_real_dataclass_decorators_count() -> None:
+    assert pyruntime.defines_dataclasses(b"import dataclasses\n@dataclasses.dataclass(frozen=True)"
+                                         b"\nclass A:\n    x: int = 0\n")
+    assert pyruntime.defines_dataclasses(b"from dataclasses import dataclass\n@dataclass\n"
+                                         b"class A:\n    x: int = 0\n")
+    # typing.py names @dataclass in docstrings and defines none.
+    assert not pyruntime.defines_dataclasses(b'def f():\n    """@dataclass\n    class A: ..."""\n')
