@@ -5,8 +5,9 @@ The initrd phase is measured from the kernel's own clock: the printk time of "Ru
 init process" to the printk time of the first line the real root's init writes to /dev/kmsg
 ("pyinit-test: real init running"). Each image boots N times, one after another; the table
 gives min/median/max per image and kernel, the ratios of pyinit to the others, pyinit's
-stage durations from its own events, and the real init's MemFree (the initramfs must be
-released). A PNG chart is written next to this file.
+stage durations from its own events, and the real init's MemFree and Unevictable ("kept":
+ramfs pages of an initramfs nobody deleted; pyinit must keep none). A PNG chart is written
+next to this file.
 
 The busybox floor is built here: static busybox, an /init that mounts /proc /sys /dev, loads
 the virtio modules with insmod, waits for the disk, mounts it and hands over with
@@ -56,6 +57,7 @@ class Series:
     kernel: str
     phases: list[float] = field(default_factory=list)
     memfree_kb: list[int] = field(default_factory=list)
+    unevictable_kb: list[int] = field(default_factory=list)  # ramfs pages still held
     stages: dict[str, list[float]] = field(default_factory=dict)
     size: int = 0
 
@@ -109,6 +111,9 @@ def boot_series(series: Series, kernel: kernels.Kernel, image: str, disk: harnes
         memfree = re.search(r"MEMINFO MemFree: (\d+)", result.log)
         if memfree:
             series.memfree_kb.append(int(memfree.group(1)))
+        kept = re.search(r"MEMINFO Unevictable: (\d+)", result.log)
+        if kept:
+            series.unevictable_kb.append(int(kept.group(1)))
         for event in result.events("stage"):
             series.stages.setdefault(event["stage"], []).append(float(event["duration"]))
 
@@ -121,12 +126,13 @@ def versions() -> str:
 
 def report(all_series: list[Series]) -> str:
     lines = [f"{'image':<16} {'kernel':<11} {'runs':>4} {'min s':>6} {'median s':>8} "
-             f"{'max s':>6} {'MB':>6} {'MemFree MB':>10}"]
+             f"{'max s':>6} {'MB':>6} {'MemFree MB':>10} {'kept kB':>7}"]
     for s in all_series:
         mem = statistics.median(s.memfree_kb) / 1024 if s.memfree_kb else float("nan")
+        kept = statistics.median(s.unevictable_kb) if s.unevictable_kb else float("nan")
         lines.append(f"{s.image:<16} {s.kernel:<11} {len(s.phases):>4} {min(s.phases):>6.2f} "
                      f"{statistics.median(s.phases):>8.2f} {max(s.phases):>6.2f} "
-                     f"{s.size / 1e6:>6.2f} {mem:>10.1f}")
+                     f"{s.size / 1e6:>6.2f} {mem:>10.1f} {kept:>7.0f}")
     for kernel in sorted({s.kernel for s in all_series}):
         mine = next(s for s in all_series if s.kernel == kernel and s.image == "pyinit")
         ours = statistics.median(mine.phases)

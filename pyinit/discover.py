@@ -12,7 +12,6 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from pyinit import libfind, syscalls
@@ -57,18 +56,23 @@ class DiscoveryError(RuntimeError):
     """The root device was not found, or root= matched more than one device."""
 
 
-@dataclass
 class BlockDevice:
     """A block device as root= matching sees it: sysfs identity plus probed tags."""
 
-    node: str
-    devnum: tuple[int, int]
-    devtype: str
-    disk: str
-    partnum: int | None
-    props: dict[str, str] = field(default_factory=dict)
-    probe_error: str | None = None
-    links: tuple[str, ...] = ()  # udev's DEVLINKS, when udevd runs
+    def __init__(self, node: str, devnum: tuple[int, int], devtype: str, disk: str,
+                 partnum: int | None, props: dict[str, str] | None = None,
+                 probe_error: str | None = None, links: tuple[str, ...] = ()) -> None:
+        self.node = node
+        self.devnum = devnum
+        self.devtype = devtype
+        self.disk = disk
+        self.partnum = partnum
+        self.props = {} if props is None else props
+        self.probe_error = probe_error
+        self.links = links  # udev's DEVLINKS, when udevd runs
+
+    def __repr__(self) -> str:
+        return f"BlockDevice({self.summary()})"
 
     def summary(self) -> str:
         fields = [f"{k.removeprefix('ID_').removeprefix('FS_')}={self.props[k]}"
@@ -277,16 +281,17 @@ class Hotplug:
             self.udev.stop()
 
 
-@dataclass
 class Discovery:
     """Existing block devices first, then uevents until root= matches or time is up."""
 
-    spec: RootSpec
-    hotplug: Hotplug
-    timeout: float
-    wait_forever: bool = False
-    emit: Callable[..., None] = lambda *a, **k: None
-    devices: dict[str, BlockDevice] = field(default_factory=dict)
+    def __init__(self, spec: RootSpec, hotplug: Hotplug, timeout: float,
+                 wait_forever: bool = False, emit: Callable[..., None] | None = None) -> None:
+        self.spec = spec
+        self.hotplug = hotplug
+        self.timeout = timeout
+        self.wait_forever = wait_forever
+        self.emit: Callable[..., None] = emit or (lambda *a, **k: None)
+        self.devices: dict[str, BlockDevice] = {}
 
     def run(self) -> BlockDevice:
         for device in self.hotplug.block_devices():

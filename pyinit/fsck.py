@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass
+from typing import NamedTuple
 
 SEARCH = ("/sbin", "/usr/sbin", "/bin", "/usr/bin")
 TIMEOUT = 3600.0  # a large filesystem can take long; never forever
@@ -19,8 +19,7 @@ class FsckError(RuntimeError):
     """fsck found errors it could not fix, or could not run."""
 
 
-@dataclass(frozen=True)
-class FsckResult:
+class FsckResult(NamedTuple):
     """What one fsck run did: its status, its last words, whether it asks for a reboot."""
 
     ran: bool

@@ -13,7 +13,6 @@ import fnmatch
 import os
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 from pyinit import syscalls
 
@@ -24,19 +23,19 @@ class ModuleError(OSError):
     """A module could not be loaded; the message names the module and the reason."""
 
 
-@dataclass
 class ModuleIndex:
     """The builder's module index for one kernel: paths, dependencies, soft
     dependencies, aliases and built-in modules."""
 
-    base: str
-    paths: dict[str, str] = field(default_factory=dict)
-    deps: dict[str, list[str]] = field(default_factory=dict)
-    softdeps: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
-    builtin: set[str] = field(default_factory=set)
-    aliases: list[tuple[str, str]] = field(default_factory=list)
-    _exact: dict[str, list[str]] = field(default_factory=dict)
-    _patterns: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.paths: dict[str, str] = {}
+        self.deps: dict[str, list[str]] = {}
+        self.softdeps: dict[str, tuple[list[str], list[str]]] = {}
+        self.builtin: set[str] = set()
+        self.aliases: list[tuple[str, str]] = []
+        self._exact: dict[str, list[str]] = {}
+        self._patterns: list[tuple[re.Pattern[str], str]] = []
 
     @classmethod
     def load(cls, base: str) -> ModuleIndex:
@@ -150,19 +149,17 @@ def load_file(path: str, name: str, params: str = "") -> None:
         os.close(memfd)
 
 
-@dataclass
 class Loader:
     """Loads modules once each, dependencies first, honouring the blacklist."""
 
-    index: ModuleIndex
-    blacklist: frozenset[str] = frozenset()
-    on_event: Callable[..., None] | None = None
-    loaded: set[str] = field(default_factory=set)
-    failed: dict[str, str] = field(default_factory=dict)
-    loaded_here: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.loaded |= loaded_modules()
+    def __init__(self, index: ModuleIndex, blacklist: frozenset[str] = frozenset(),
+                 on_event: Callable[..., None] | None = None) -> None:
+        self.index = index
+        self.blacklist = blacklist
+        self.on_event = on_event
+        self.loaded: set[str] = loaded_modules()
+        self.failed: dict[str, str] = {}
+        self.loaded_here: list[str] = []
 
     def _emit(self, event: str, **fields: object) -> None:
         if self.on_event is not None:

@@ -22,9 +22,9 @@ from importlib.machinery import ModuleSpec
 # Measured with -X importtime in the guest (7.2 kernel, TCG): asyncio 0.31 s and uuid with
 # platform 0.05 s (structlog's async and thread-local APIs, which pyinit does not call);
 # inspect with ast and dis 0.08 s (dataclasses, to describe a dataclass without a
-# docstring; pyinit's all have one); tempfile with random, and shutil, 0.05 s (ctypes.util's
-# gcc fallback: pyinit.libfind replaces it); locale 0.02 s (subprocess's text mode: pyinit
-# reads its children's output as bytes).
+# docstring: structlog's have one, which the image keeps); tempfile with random, and
+# shutil, 0.05 s (ctypes.util's gcc fallback: pyinit.libfind replaces it); locale 0.02 s
+# (subprocess's text mode: pyinit reads its children's output as bytes).
 UNUSED = ("asyncio", "inspect", "locale", "shutil", "tempfile", "uuid")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
 
 KINDS = ("path", "uuid", "label", "partuuid", "partlabel", "devnum")
 
@@ -21,15 +20,32 @@ class RootSpecError(ValueError):
     """root= has a value no form accepts."""
 
 
-@dataclass(frozen=True)
 class RootSpec:
-    """What root= asks for. ``value`` is the UUID/label/path; ``devnum`` is (major, minor)."""
+    """What root= asks for. ``value`` is the UUID/label/path; ``devnum`` is (major, minor);
+    ``text`` is root= as written, which equality ignores."""
 
-    kind: str
-    value: str
-    partnroff: int = 0
-    devnum: tuple[int, int] | None = None
-    text: str = field(default="", compare=False)  # root= as written
+    __slots__ = ("devnum", "kind", "partnroff", "text", "value")
+
+    def __init__(self, kind: str, value: str, partnroff: int = 0,
+                 devnum: tuple[int, int] | None = None, text: str = "") -> None:
+        self.kind = kind
+        self.value = value
+        self.partnroff = partnroff
+        self.devnum = devnum
+        self.text = text
+
+    def _key(self) -> tuple[str, str, int, tuple[int, int] | None]:
+        return self.kind, self.value, self.partnroff, self.devnum
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RootSpec) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (f"RootSpec(kind={self.kind!r}, value={self.value!r}, "
+                f"partnroff={self.partnroff!r}, devnum={self.devnum!r}, text={self.text!r})")
 
     def describe(self) -> str:
         if self.kind == "devnum" and self.devnum is not None:
@@ -55,7 +71,8 @@ def _decode_hex_devt(text: str) -> tuple[int, int]:
 
 def parse_root(value: str) -> RootSpec:
     """Parse a root= value. Raises RootSpecError naming what was expected."""
-    return replace(_parse_root(value), text=value)
+    spec = _parse_root(value)
+    return RootSpec(spec.kind, spec.value, spec.partnroff, spec.devnum, text=value)
 
 
 def _parse_root(value: str) -> RootSpec:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from dataclasses import dataclass
 
 UDEVD = "/lib/systemd/systemd-udevd"
 UDEVADM = "/bin/udevadm"
@@ -41,11 +40,11 @@ def _udevadm(*args: str) -> None:
         raise UdevError(f"{' '.join(command)} exited with status {done.returncode}: {last}")
 
 
-@dataclass
 class Udevd:
     """The systemd-udevd the init started, until stop() ends it."""
 
-    process: subprocess.Popen[bytes]
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
 
     @classmethod
     def start(cls) -> Udevd:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,7 +32,7 @@ def command_lines(draw: st.DrawFn) -> str:
 
 
 def semantic(options: Options) -> Options:
-    return replace(options, raw={}, params=(), errors=())
+    return options._replace(raw={}, params=(), errors=())
 
 
 @settings(max_examples=400)
