@@ -5,8 +5,6 @@ Runs ``fsck.TYPE`` from the image when it carries one. ``fsck.mode=skip|force`` 
 (continue), 2 fixed but the system must reboot, 4 and above: failure.
 """
 
-from __future__ import annotations
-
 import os
 import subprocess
 from typing import NamedTuple
