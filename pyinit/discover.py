@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 from pyinit import libfind, syscalls
@@ -84,9 +84,9 @@ class BlockDevice:
         )
 
 
-def sysfs_modaliases(sys: str = "/sys") -> list[str]:
-    """The modalias of every device on every bus ("" for those without one)."""
-    found: list[str] = []
+def sysfs_modaliases(sys: str = "/sys", known: Container[str] = ()) -> dict[str, str]:
+    """BUS/DEVICE -> modalias ("" for none) of every device on every bus, except KNOWN."""
+    found: dict[str, str] = {}
     try:
         buses = sorted(os.listdir(f"{sys}/bus"))
     except OSError:
@@ -98,13 +98,35 @@ def sysfs_modaliases(sys: str = "/sys") -> list[str]:
         except OSError:
             continue
         for device in devices:
+            if f"{bus}/{device}" in known:
+                continue
             try:
                 with open(f"{directory}/{device}/modalias", encoding="ascii",
                           errors="replace") as fh:
-                    found.append(fh.read().strip())
+                    found[f"{bus}/{device}"] = fh.read().strip()
             except OSError:
-                found.append("")
+                found[f"{bus}/{device}"] = ""
     return found
+
+
+def coldplug(loader: Loader, sys: str = "/sys") -> tuple[int, int]:
+    """Load the modules every existing device's MODALIAS names, read straight from sysfs
+    (a pyudev enumeration of every device costs ~0.4 s of guest time under TCG). A bus
+    driver's probe adds devices on another bus (virtio_pci's on the virtio bus): the scan
+    repeats, for the new devices only, while a pass loads modules, so their drivers load
+    here instead of when their uevents come through.
+
+    Returns (bus devices seen, devices with a MODALIAS)."""
+    seen: dict[str, str] = {}
+    while True:
+        before = len(loader.loaded_here)
+        fresh = sysfs_modaliases(sys, known=seen)
+        seen.update(fresh)
+        for modalias in fresh.values():
+            if modalias:
+                loader.load_for_modalias(modalias)
+        if len(loader.loaded_here) == before:
+            return len(seen), sum(1 for m in seen.values() if m)
 
 
 def from_sysfs(sys_path: str, node: str | None = None) -> BlockDevice | None:
@@ -247,17 +269,7 @@ class Hotplug:
         self.events = 0
 
     def coldplug(self) -> tuple[int, int]:
-        """Load the modules every existing device's MODALIAS names, read straight from
-        sysfs (a pyudev enumeration of every device costs ~0.4 s of guest time under TCG).
-
-        Returns (bus devices seen, devices with a MODALIAS)."""
-        count = with_alias = 0
-        for modalias in sysfs_modaliases():
-            count += 1
-            if modalias:
-                with_alias += 1
-                self.loader.load_for_modalias(modalias)
-        return count, with_alias
+        return coldplug(self.loader)
 
     def block_devices(self) -> list[Any]:
         return list(self.context.list_devices(subsystem="block"))
