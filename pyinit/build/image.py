@@ -105,8 +105,13 @@ class Image:
         st = os.stat(src)
         with open(src, "rb") as fh:
             content = fh.read() if data is None else data
+        self._add_stat_bytes(dest, st, content, part)
+
+    def _add_stat_bytes(self, dest: str, st: os.stat_result, data: bytes, part: str) -> None:
+        """DATA at DEST with the host file's mode; files the host hard-links (one device and
+        inode) stay hard links in the image."""
         link = f"{st.st_dev}:{st.st_ino}" if st.st_nlink > 1 else ""
-        self.add_bytes(dest, content, stat.S_IMODE(st.st_mode), part, link=link)
+        self.add_bytes(dest, data, stat.S_IMODE(st.st_mode), part, link=link)
 
     def _add_host_path(self, path: str, part: str, data: bytes | None, depth: int) -> None:
         if depth > 40:
@@ -130,8 +135,7 @@ class Image:
                     data = fh.read()
         except OSError as err:
             raise ImageError(f"{path}: expected a readable file, found: {err.strerror}") from err
-        link = f"{st.st_dev}:{st.st_ino}" if st.st_nlink > 1 else ""
-        self.add_bytes(path, data, stat.S_IMODE(st.st_mode), part, link=link)
+        self._add_stat_bytes(path, st, data, part)
 
     def add_tree(self, src: str, dest: str, part: str = "skeleton") -> None:
         """Copy a directory tree (rootfs-skel/) verbatim."""
