@@ -144,16 +144,14 @@ def kernel_config(cfg: Config) -> tuple[str, list[str]] | None:
     return None
 
 
-def kernel_option(cfg: Config, option: str) -> bool:
-    """OPTION=y in the kernel's config (False when the config is unknown)."""
-    found = kernel_config(cfg)
+def kernel_option(found: tuple[str, list[str]] | None, option: str) -> bool:
+    """OPTION=y in the kernel's config FOUND (False when the config is unknown)."""
     return found is not None and f"{option}=y" in found[1]
 
 
-def check_kernel_config(cfg: Config) -> None:
+def check_kernel_config(cfg: Config, found: tuple[str, list[str]] | None) -> None:
     """Refuse a compression the target kernel cannot unpack (when its config is known)."""
     wanted = compress.KERNEL_CONFIG.get(cfg.settings.compress)
-    found = kernel_config(cfg)
     if wanted is not None and found is not None and f"{wanted}=y" not in found[1]:
         raise BuildError(f"--compress {cfg.settings.compress}: the kernel {cfg.kver} cannot "
                          f"unpack it ({found[0]} has no {wanted}=y)")
@@ -261,7 +259,10 @@ def select_modules(cfg: Config, tree: kmodules.ModuleTree) -> list[str]:
     return modules
 
 
-def add_modules(img: image.Image, cfg: Config) -> tuple[list[str], list[str]]:
+def add_modules(img: image.Image, cfg: Config,
+                keep_compressed: bool) -> tuple[list[str], list[str]]:
+    """The selected modules (compressed ones as they are where KEEP_COMPRESSED, the kernel
+    decompressing them itself), their firmware and the index."""
     if not os.path.isdir(cfg.kmoddir):
         if cfg.settings.add_drivers or cfg.hostonly:
             raise BuildError(f"--kmoddir {cfg.kmoddir}: expected the modules of kernel "
@@ -271,7 +272,6 @@ def add_modules(img: image.Image, cfg: Config) -> tuple[list[str], list[str]]:
     modules = select_modules(cfg, tree)
     dest_base = f"/lib/modules/{cfg.kver}"
     wanted_firmware: list[str] = []
-    keep_compressed = kernel_option(cfg, "CONFIG_MODULE_DECOMPRESS")
     for name in modules:
         rel = tree.paths[name]
         src = os.path.join(cfg.kmoddir, rel)
@@ -342,8 +342,15 @@ def group_file(names: set[str], host: str = "/etc/group") -> str:
     return "\n".join(sorted(lines)) + "\n"
 
 
+def host_fsck(fstype: str) -> str | None:
+    """This host's fsck.FSTYPE, when it has one."""
+    return next((p for p in (f"/sbin/fsck.{fstype}", f"/usr/sbin/fsck.{fstype}")
+                 if os.path.exists(p)), None)
+
+
 def build(cfg: Config) -> Result:
-    check_kernel_config(cfg)
+    kconfig = kernel_config(cfg)
+    check_kernel_config(cfg, kconfig)
     settings = cfg.settings
     resolver = elfdeps.Resolver()
     stripper = strip.Stripper()
@@ -351,7 +358,8 @@ def build(cfg: Config) -> Result:
     img = image.Image()
     for path, target in sorted(runtime.symlinks.items()):
         img.seed_symlink(path, target)
-    modules, missing = add_modules(img, cfg)
+    modules, missing = add_modules(img, cfg,
+                                   kernel_option(kconfig, "CONFIG_MODULE_DECOMPRESS"))
     includes = list(settings.include)
     if settings.rescue_shell:
         includes.append((settings.rescue_shell, "/bin/busybox"
@@ -364,11 +372,10 @@ def build(cfg: Config) -> Result:
     if cfg.hostonly:
         # The root filesystem's fsck, when this host has one (the init runs it before rw).
         root_type = hostonly.root_mount()[1]
-        if any(os.path.exists(f"{d}/fsck.{root_type}") for d in ("/sbin", "/usr/sbin")):
+        if host_fsck(root_type) is not None:
             fsck_types.append(root_type)
     for fstype in dict.fromkeys(fsck_types):
-        tool = next((p for p in (f"/sbin/fsck.{fstype}", f"/usr/sbin/fsck.{fstype}")
-                     if os.path.exists(p)), None)
+        tool = host_fsck(fstype)
         if tool is None:
             raise BuildError(f"--fsck {fstype}: expected /sbin/fsck.{fstype} on this host, "
                              "found none")
