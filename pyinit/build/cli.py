@@ -92,7 +92,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="copy a host file into the image (ELF files with their libraries)")
     parser.add_argument("--fsck", action="append", default=[], metavar='"TYPE ..."',
                         help="carry fsck.TYPE (with its libraries) for these filesystem types")
-    parser.add_argument("--udev", choices=("auto", "systemd", "none"), default=None,
+    parser.add_argument("--udev", choices=config.UDEV_MODES, default=None,
                         help="carry systemd-udevd (auto: when this host has it)")
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help="a TOML file read after /etc/pyinit/mkinitramfs{.toml,.d/*.toml}")

@@ -26,6 +26,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyinit.build import compress
+
 SYSTEM_FILE = "/etc/pyinit/mkinitramfs.toml"
 SYSTEM_DIR = "/etc/pyinit/mkinitramfs.d"
 
@@ -51,8 +53,8 @@ class Settings:
     sources: list[str] = field(default_factory=list)
 
 
-CHOICES = {"compress": ("zstd", "gzip", "xz", "lz4", "none"),
-           "udev": ("auto", "systemd", "none")}
+UDEV_MODES = ("auto", "systemd", "none")
+CHOICES = {"compress": compress.FORMATS, "udev": UDEV_MODES}
 LISTS = ("add_drivers", "omit_drivers", "fsck")
 
 
