@@ -77,12 +77,7 @@ def make_rootfs(directory: str, init_name: str = "sbin/init") -> None:
 
 
 def make_ext4_disk(path: str, tree: str, size_mb: int = 64, label: str = "pyroot") -> Disk:
-    fs_uuid = str(uuid.uuid4())
-    with open(path, "wb") as fh:
-        fh.truncate(size_mb << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", label, "-U", fs_uuid, "-d", tree, path],
-                   check=True, capture_output=True)
-    return Disk(path, fs_uuid, label)
+    return Disk(path, make_fs_image(path, tree, "ext4", size_mb, label), label)
 
 
 @dataclass
@@ -109,15 +104,23 @@ class BootResult:
         return found
 
 
+def qemu_argv(vmlinuz: str, initrd: str, disks: list[str], cmdline: str, memory_mb: int,
+              devices: list[str]) -> list[str]:
+    """One vCPU under TCG (nested KVM fails here), no reboot, virtio disks; DEVICES adds
+    the serial console and any control sockets."""
+    argv = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", str(memory_mb),
+            "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot", *devices,
+            "-kernel", vmlinuz, "-initrd", initrd, "-append", cmdline]
+    for disk in disks:
+        argv += ["-drive", f"file={disk},format=raw,if=virtio"]
+    return argv
+
+
 def boot(vmlinuz: str, initrd: str, disks: list[str], cmdline: str, log_path: str,
          timeout: float = 180, memory_mb: int = 512) -> BootResult:
     """Boot under qemu TCG; returns the serial log. Kills qemu after TIMEOUT seconds."""
-    argv = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", str(memory_mb),
-            "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
-            "-serial", f"file:{log_path}", "-kernel", vmlinuz, "-initrd", initrd,
-            "-append", cmdline]
-    for disk in disks:
-        argv += ["-drive", f"file={disk},format=raw,if=virtio"]
+    argv = qemu_argv(vmlinuz, initrd, disks, cmdline, memory_mb,
+                     ["-serial", f"file:{log_path}"])
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     timed_out = False
@@ -158,13 +161,10 @@ class InteractiveVM:
         tag = uuid.uuid4().hex[:8]
         self.monitor_path = os.path.join(workdir, f"monitor-{tag}.sock")
         self.qmp_path = os.path.join(workdir, f"qmp-{tag}.sock")
-        argv = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", str(memory_mb),
-                "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
-                "-serial", "stdio", "-monitor", f"unix:{self.monitor_path},server=on,wait=off",
-                "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
-                "-kernel", vmlinuz, "-initrd", initrd, "-append", cmdline]
-        for disk in disks:
-            argv += ["-drive", f"file={disk},format=raw,if=virtio"]
+        argv = qemu_argv(vmlinuz, initrd, disks, cmdline, memory_mb,
+                         ["-serial", "stdio",
+                          "-monitor", f"unix:{self.monitor_path},server=on,wait=off",
+                          "-qmp", f"unix:{self.qmp_path},server=on,wait=off"])
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
         self.output = bytearray()
