@@ -173,8 +173,8 @@ def scan_sysfs(sys_block: str = "/sys/class/block") -> list[BlockDevice]:
         names = sorted(os.listdir(sys_block))
     except OSError:
         return []
-    found = [(from_sysfs(os.path.join(sys_block, n)), os.path.join(sys_block, n)) for n in names]
-    return [_probe(dev, path) for dev, path in found if dev is not None]
+    paths = [os.path.join(sys_block, n) for n in names]
+    return [_probe(dev, path) for path in paths if (dev := from_sysfs(path)) is not None]
 
 
 def probe_properties(node: str) -> dict[str, str]:

@@ -72,7 +72,8 @@ def _decode_hex_devt(text: str) -> tuple[int, int]:
 def parse_root(value: str) -> RootSpec:
     """Parse a root= value. Raises RootSpecError naming what was expected."""
     spec = _parse_root(value)
-    return RootSpec(spec.kind, spec.value, spec.partnroff, spec.devnum, text=value)
+    spec.text = value
+    return spec
 
 
 def _parse_root(value: str) -> RootSpec:

@@ -38,8 +38,8 @@ EXCLUDES = ["ssl", "_ssl", "bz2", "_bz2", "colorama", "readline",
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 # As python -OO: docstrings (never read on the boot path) and asserts are compiled out,
 # except in modules that define dataclasses: a dataclass without a docstring gets one made
-# by inspect.signature at class creation, which costs inspect's import (0.08 s under TCG,
-# pyinit.lazyimport defers it) and a signature per class.
+# by inspect.signature at class creation, which needs inspect (0.08 s under TCG, and left
+# out of the image: pyinit.lazyimport.UNUSED) and a signature per class.
 OPTIMIZE = 2
 OPTIMIZE_DATACLASSES = 1
 # C libraries that third-party modules open with ctypes at run time (no DT_NEEDED names them).
