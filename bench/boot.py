@@ -31,8 +31,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from bench import build as buildbench  # noqa: E402
-from pyinit.build import compress, cpio, firmware  # noqa: E402
-from pyinit.build.kmodules import ModuleTree  # noqa: E402
+from pyinit.builder import compress, cpio, firmware  # noqa: E402
+from pyinit.builder.kmodules import ModuleTree  # noqa: E402
 from tests.vm import harness, kernels  # noqa: E402
 from tests.vm.conftest import DRIVERS  # noqa: E402
 

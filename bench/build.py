@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from pyinit.build import archive  # noqa: E402
+from pyinit.builder import archive  # noqa: E402
 from tests.vm import kernels  # noqa: E402
 
 MODULES = ["virtio_blk", "ext4"]

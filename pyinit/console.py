@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from pyinit import cmdline, kmod, log, syscalls
 from pyinit.discover import scan_sysfs
+from pyinit.modindex import ModuleIndex
 
 
 class BootState(Protocol):
@@ -46,7 +47,7 @@ def helpers(boot: BootState) -> dict[str, Any]:
     def modprobe(name: str) -> None:
         """Load a module of the image (name or alias) with its dependencies."""
         base = f"/lib/modules/{os.uname().release}"
-        loader = kmod.Loader(kmod.ModuleIndex.load(base), on_event=log.get().info)
+        loader = kmod.Loader(ModuleIndex.load(base), on_event=log.get().info)
         loader.load(name, reason="console")
 
     def cat(path: str) -> None:

@@ -8,11 +8,11 @@ import time
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
-from pyinit import cmdline, lazyimport, log, pid1, rescue, syscalls
+from pyinit import cmdline, layout, lazyimport, log, pid1, rescue, syscalls
 from pyinit.cmdline import Options
 
 T = TypeVar("T")
-SYSROOT = "/sysroot"
+SYSROOT = layout.SYSROOT
 
 
 def early_mounts() -> None:
@@ -45,7 +45,7 @@ def reopen_console() -> None:
         os.close(console)
 
 
-DEFAULTS = "/etc/pyinit/cmdline"  # options the builder baked in; the kernel's line wins
+DEFAULTS = layout.DEFAULT_CMDLINE
 
 
 def read_cmdline() -> Options:

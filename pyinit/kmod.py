@@ -1,93 +1,17 @@
-"""Kernel modules: the image's build-time index, alias matching, and finit_module loading.
-
-The builder writes ``/lib/modules/KVER/pyinit.index``, tab-separated lines:
-``module NAME PATH DEPS`` (DEPS: the whole dependency closure in load order),
-``alias PATTERN NAME``, ``softdep NAME PRE POST`` and ``builtin NAME``. The init never
-reads modules.alias or modules.dep at boot.
-"""
+"""Kernel modules: finit_module loading from the image's index (pyinit.modindex)."""
 
 from __future__ import annotations
 
 import errno
-import fnmatch
 import os
-import re
 from collections.abc import Callable, Iterable
 
 from pyinit import syscalls
-
-INDEX_NAME = "pyinit.index"
+from pyinit.modindex import ModuleIndex
 
 
 class ModuleError(OSError):
     """A module could not be loaded; the message names the module and the reason."""
-
-
-class ModuleIndex:
-    """The builder's module index for one kernel: paths, dependencies, soft
-    dependencies, aliases and built-in modules."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.paths: dict[str, str] = {}
-        self.deps: dict[str, list[str]] = {}
-        self.softdeps: dict[str, tuple[list[str], list[str]]] = {}
-        self.builtin: set[str] = set()
-        self.aliases: list[tuple[str, str]] = []
-        self._exact: dict[str, list[str]] = {}
-        self._patterns: list[tuple[re.Pattern[str], str]] = []
-
-    @classmethod
-    def load(cls, base: str) -> ModuleIndex:
-        """Read BASE/pyinit.index; a missing index means an image without modules."""
-        index = cls(base)
-        try:
-            with open(os.path.join(base, INDEX_NAME), encoding="utf-8") as fh:
-                lines = fh.read().splitlines()
-        except FileNotFoundError:
-            return index
-        for number, line in enumerate(lines, 1):
-            parts = line.split("\t")
-            kind = parts[0]
-            if kind == "module" and len(parts) == 4:
-                index.paths[parts[1]] = parts[2]
-                index.deps[parts[1]] = parts[3].split() if parts[3] else []
-            elif kind == "alias" and len(parts) == 3:
-                index.add_alias(parts[1], parts[2])
-            elif kind == "softdep" and len(parts) == 4:
-                index.softdeps[parts[1]] = (parts[2].split(), parts[3].split())
-            elif kind == "builtin" and len(parts) == 2:
-                index.builtin.add(parts[1])
-            elif line:
-                raise ModuleError(
-                    errno.EINVAL,
-                    f"{base}/{INDEX_NAME} line {number}: expected module/alias/softdep/builtin "
-                    f"with its fields, found {line[:60]!r}",
-                )
-        return index
-
-    def add_alias(self, pattern: str, name: str) -> None:
-        self.aliases.append((pattern, name))
-        if any(c in pattern for c in "*?["):
-            self._patterns.append((re.compile(fnmatch.translate(pattern)), name))
-        else:
-            self._exact.setdefault(pattern, []).append(name)
-
-    def lookup(self, modalias: str) -> list[str]:
-        """Module names whose alias patterns match MODALIAS, in index order, no repeats."""
-        found = list(self._exact.get(modalias, ()))
-        for regex, name in self._patterns:
-            if name not in found and regex.match(modalias):
-                found.append(name)
-        return found
-
-    def resolve(self, name: str) -> str:
-        """A module name or alias -> module name ('-' and '_' are the same in names)."""
-        norm = name.replace("-", "_")
-        if norm in self.paths or norm in self.builtin:
-            return norm
-        matches = self.lookup(name)
-        return matches[0] if matches else norm
 
 
 def loaded_modules(proc_modules: str = "/proc/modules") -> set[str]:

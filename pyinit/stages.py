@@ -8,7 +8,8 @@ import time
 from pyinit import execinit, fsck, log, mountroot, pid1, rescue, switchroot, udevd
 from pyinit.cmdline import Options
 from pyinit.discover import BlockDevice, Discovery, DiscoveryError, Hotplug
-from pyinit.kmod import Loader, ModuleIndex
+from pyinit.kmod import Loader
+from pyinit.modindex import ModuleIndex
 
 
 def _emit(event: str, **fields: object) -> None:

@@ -14,8 +14,7 @@ import os
 import stat
 
 from pyinit import syscalls
-
-API_MOUNTS = ("/dev", "/proc", "/sys", "/run")
+from pyinit.layout import API_MOUNTS
 
 
 def make_private(path: str = "/") -> None:

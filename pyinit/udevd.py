@@ -13,9 +13,9 @@ import os
 import subprocess
 import time
 
-UDEVD = "/lib/systemd/systemd-udevd"
-UDEVADM = "/bin/udevadm"
-CONTROL = "/run/udev/control"
+from pyinit.layout import UDEV_CONTROL as CONTROL
+from pyinit.layout import UDEVADM, UDEVD
+
 START_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 30.0
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pyinit.build import archive, config, cpio, firmware, hostonly
-from pyinit.build.kmodules import ModuleTree
+from pyinit.builder import archive, config, cpio, firmware, hostonly
+from pyinit.builder.kmodules import ModuleTree
 from tests.vm.kernels import Kernel
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pyinit import discover, kmod
+from pyinit.modindex import ModuleIndex
 
 
 def add_device(sysfs: Path, bus: str, name: str, modalias: str | None) -> None:
@@ -19,7 +20,7 @@ class BusLoader(kmod.Loader):
     real driver's probe does."""
 
     def __init__(self, sysfs: Path) -> None:
-        super().__init__(kmod.ModuleIndex(str(sysfs / "no-modules")))
+        super().__init__(ModuleIndex(str(sysfs / "no-modules")))
         self.sysfs = sysfs
         self.asked: list[str] = []
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pyinit.build import cpio
+from pyinit.builder import cpio
 
 ENTRIES = [
     cpio.Entry("bin", stat.S_IFDIR | 0o755),
@@ -102,8 +102,8 @@ def test_hard_links_share_one_inode_and_one_copy_of_the_data(tmp_path: Path) -> 
 
 
 def test_hard_links_from_the_host_and_extract(tmp_path: Path) -> None:
-    from pyinit.build import archive as images
-    from pyinit.build import image
+    from pyinit.builder import archive as images
+    from pyinit.builder import image
 
     src = tmp_path / "src"
     src.mkdir()

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from pyinit.build import elfdeps
+from pyinit.builder import elfdeps
 
 BINARIES = ["/bin/ls", "/usr/bin/python3.11", "/usr/sbin/mkfs.ext4",
             os.path.realpath(sys.executable)]

@@ -8,7 +8,7 @@ import sysconfig
 from pathlib import Path
 
 from pyinit import lazyimport
-from pyinit.build import pyruntime
+from pyinit.builder import pyruntime
 
 BUDGET = json.loads((Path(__file__).parents[1] / "import_budget.json").read_text())
 REPO = str(Path(__file__).parents[2])

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from pyinit import kmod, syscalls
-from pyinit.build.kmodules import ModuleTree
+from pyinit.builder.kmodules import ModuleTree
+from pyinit.modindex import ModuleIndex
 from tests.vm.kernels import Kernel
 
 
@@ -31,16 +32,17 @@ class Recorder:
 
 
 @pytest.fixture()
-def index(kernel7: Kernel, tmp_path: Path) -> kmod.ModuleIndex:
+def index(kernel7: Kernel, tmp_path: Path) -> ModuleIndex:
     tree = ModuleTree.read(kernel7.moddir)
-    (tmp_path / "pyinit.index").write_text(tree.index_text(tree.closure(["virtio_scsi"])))
-    loaded = kmod.ModuleIndex.load(str(tmp_path))
+    modules = tree.closure(["virtio_scsi"])
+    (tmp_path / "pyinit.index").write_text(tree.index_text(kernel7.kver, modules))
+    loaded = ModuleIndex.load(str(tmp_path))
     loaded.base = kernel7.moddir  # module files from the real tree
     return loaded
 
 
 def test_compressed_modules_go_to_the_kernel_as_they_are(
-        index: kmod.ModuleIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+        index: ModuleIndex, monkeypatch: pytest.MonkeyPatch) -> None:
     recorder = Recorder()
     monkeypatch.setattr(syscalls, "finit_module", recorder)
     loader = kmod.Loader(index)
@@ -53,7 +55,7 @@ def test_compressed_modules_go_to_the_kernel_as_they_are(
 
 
 def test_kernel_without_decompression_gets_a_decompressed_memfd(
-        index: kmod.ModuleIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+        index: ModuleIndex, monkeypatch: pytest.MonkeyPatch) -> None:
     recorder = Recorder(refuse_compressed=errno.EOPNOTSUPP)
     monkeypatch.setattr(syscalls, "finit_module", recorder)
     loader = kmod.Loader(index)
@@ -63,7 +65,7 @@ def test_kernel_without_decompression_gets_a_decompressed_memfd(
 
 
 def test_a_failing_dependency_names_module_and_file(
-        index: kmod.ModuleIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+        index: ModuleIndex, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(syscalls, "finit_module", Recorder(fail={"virtio_scsi": errno.ENOEXEC}))
     loader = kmod.Loader(index)
     loader.loaded.clear()
@@ -72,7 +74,7 @@ def test_a_failing_dependency_names_module_and_file(
     assert "virtio_scsi" in loader.failed
 
 
-def test_already_loaded_is_not_an_error(index: kmod.ModuleIndex,
+def test_already_loaded_is_not_an_error(index: ModuleIndex,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(syscalls, "finit_module", Recorder(fail={"virtio_scsi": errno.EEXIST}))
     loader = kmod.Loader(index)
@@ -80,7 +82,7 @@ def test_already_loaded_is_not_an_error(index: kmod.ModuleIndex,
     assert loader.load("virtio_scsi")
 
 
-def test_blacklisted_module_is_skipped(index: kmod.ModuleIndex,
+def test_blacklisted_module_is_skipped(index: ModuleIndex,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     recorder = Recorder()
     monkeypatch.setattr(syscalls, "finit_module", recorder)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pyinit.build.kmodules import ModulesError, ModuleTree
-from pyinit.kmod import ModuleError, ModuleIndex
+from pyinit.builder.kmodules import ModulesError, ModuleTree
+from pyinit.modindex import ModuleIndex, ModuleIndexError
 from tests.vm.kernels import Kernel
 
 
@@ -66,7 +66,7 @@ def test_missing_modules_dep(tmp_path: Path) -> None:
 
 def test_index_round_trip(tree: ModuleTree, tmp_path: Path) -> None:
     modules = tree.closure(["virtio_blk", "xfs", "virtio_scsi"])
-    (tmp_path / "pyinit.index").write_text(tree.index_text(modules))
+    (tmp_path / "pyinit.index").write_text(tree.index_text("7.0-test", modules))
     index = ModuleIndex.load(str(tmp_path))
     assert set(index.paths) == set(modules)
     for mod in modules:
@@ -77,7 +77,7 @@ def test_index_round_trip(tree: ModuleTree, tmp_path: Path) -> None:
 
 def test_corrupt_index_names_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "pyinit.index").write_text("module\tx\tx.ko\t\nbogus line\n")
-    with pytest.raises(ModuleError, match=r"pyinit.index line 2: expected"):
+    with pytest.raises(ModuleIndexError, match=r"pyinit.index line 2: expected"):
         ModuleIndex.load(str(tmp_path))
 
 
@@ -90,7 +90,7 @@ def concrete(pattern: str, rng: random.Random) -> str:
 
 def test_alias_matcher_agrees_with_modprobe(tree: ModuleTree, kernel7: Kernel,
                                             tmp_path: Path) -> None:
-    (tmp_path / "pyinit.index").write_text(tree.index_text(sorted(tree.paths)))
+    (tmp_path / "pyinit.index").write_text(tree.index_text("7.0-test", sorted(tree.paths)))
     index = ModuleIndex.load(str(tmp_path))
     rng = random.Random(7)
     patterns = sorted({p for p, _ in tree.aliases})

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pyinit.build import pyruntime
+from pyinit.builder import pyruntime
 
 
 def test_frozen_modules_are_not_shipped_as_files() -> None:

@@ -65,7 +65,7 @@ def setup(request: pytest.FixtureRequest, root_tree: Path,
 
 @pytest.fixture(scope="session")
 def unpacked_bytes(setup: Setup) -> int:
-    from pyinit.build import compress
+    from pyinit.builder import compress
 
     with open(setup.image, "rb") as fh:
         return len(compress.decompress(fh.read()))

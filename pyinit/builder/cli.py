@@ -19,8 +19,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from pyinit import libfind
-from pyinit.build import (
+from pyinit import layout, libfind
+from pyinit.builder import (
     archive,
     cache,
     compress,
@@ -34,11 +34,9 @@ from pyinit.build import (
     pyruntime,
     strip,
 )
-from pyinit.kmod import INDEX_NAME
+from pyinit.modindex import INDEX_NAME
 
 SKELETON = os.path.join(pyruntime.PYINIT_SRC, "rootfs-skel")
-API_DIRS = ("/proc", "/sys", "/dev", "/run", "/sysroot", "/tmp")
-DEFAULT_CMDLINE = "/etc/pyinit/cmdline"  # the init reads it before /proc/cmdline
 # The runtime part is compressed once and cached, so it gets zstd's slow, small level
 # (4.03 MB against 4.6 MB at level 9; unpacking costs the same).
 RUNTIME_ZSTD_LEVEL = 19
@@ -211,7 +209,7 @@ def runtime_segment(cfg: Config, resolver: elfdeps.Resolver,
                               [runtime.executable, *extensions, *ctypes_libs],
                               "python runtime", skip=set(extensions))
     for dest, src in sorted(runtime.files.items()):
-        part = "third-party" if dest.startswith(pyruntime.SITE_IN_IMAGE) else "stdlib"
+        part = "third-party" if dest.startswith(layout.SITE) else "stdlib"
         img.add_host_file(src, dest, part=part, data=stripper.data(src))
     if runtime.executable != "/usr/bin/python3":
         img.add_symlink("/usr/bin/python3", runtime.executable, part="python runtime")
@@ -219,10 +217,10 @@ def runtime_segment(cfg: Config, resolver: elfdeps.Resolver,
                   part="stdlib")
     img.add_dir(os.path.join(str(runtime.info["platstdlib"]), "lib-dynload"), part="stdlib")
     for dest, data in sorted(runtime.site.items()):
-        part = "pyinit" if dest.startswith(pyruntime.SITE_IN_IMAGE + "/pyinit/") else "third-party"
+        part = "pyinit" if dest.startswith(layout.SITE + "/pyinit/") else "third-party"
         img.add_bytes(dest, data, part=part)
     img.add_tree(SKELETON, "/", part="skeleton")
-    for directory in API_DIRS:
+    for directory in layout.API_DIRS:
         img.add_dir(directory)
     img.add_node("/dev/console", stat.S_IFCHR, 0o600, (5, 1))
     raw = img.archive(cfg.mtime)
@@ -270,7 +268,7 @@ def add_modules(img: image.Image, cfg: Config,
         return [], []
     tree = kmodules.ModuleTree.read(cfg.kmoddir)
     modules = select_modules(cfg, tree)
-    dest_base = f"/lib/modules/{cfg.kver}"
+    dest_base = f"{layout.MODULES_DIR}/{cfg.kver}"
     wanted_firmware: list[str] = []
     for name in modules:
         rel = tree.paths[name]
@@ -287,14 +285,11 @@ def add_modules(img: image.Image, cfg: Config,
     found, missing = firmware.firmware_files(wanted_firmware)
     for path in found:
         img.add_host_file(path, part="firmware")
-    img.add_bytes(os.path.join(dest_base, INDEX_NAME), tree.index_text(modules).encode(),
+    img.add_bytes(os.path.join(dest_base, INDEX_NAME), tree.index_text(cfg.kver, modules).encode(),
                   part="modules")
     return modules, missing
 
 
-UDEVD = "/lib/systemd/systemd-udevd"
-UDEVADM = "/bin/udevadm"
-UDEV_RULES_DIR = "/lib/udev/rules.d"
 # The rules that name block devices and set the properties root= matches against. Module
 # loading (80-drivers.rules) stays with the init and its build-time index.
 UDEV_RULES = ("50-udev-default.rules", "60-block.rules", "60-persistent-storage.rules",
@@ -304,9 +299,9 @@ UDEV_HELPERS = ("/lib/udev/ata_id", "/lib/udev/scsi_id")  # run by 60-persistent
 
 def add_udev(img: image.Image, resolver: elfdeps.Resolver, stripper: strip.Stripper,
              mode: str) -> None:
-    if mode == "none" or (mode == "auto" and not os.path.exists(UDEVD)):
+    if mode == "none" or (mode == "auto" and not os.path.exists(layout.UDEVD)):
         return
-    for path in (UDEVD, UDEVADM):
+    for path in (layout.UDEVD, layout.UDEVADM):
         if not os.path.exists(path):
             raise BuildError(f"--udev {mode}: expected {path} on this host (Debian's udev "
                              "package), found none")
@@ -316,7 +311,7 @@ def add_udev(img: image.Image, resolver: elfdeps.Resolver, stripper: strip.Strip
             add_tool(img, resolver, stripper, helper, helper, "udev")
     groups: set[str] = set()
     for rule in UDEV_RULES:
-        path = os.path.join(UDEV_RULES_DIR, rule)
+        path = os.path.join(layout.UDEV_RULES_DIR, rule)
         if os.path.exists(path):
             img.add_host_file(path, part="udev")
             with open(path, encoding="utf-8") as fh:
@@ -382,7 +377,7 @@ def build(cfg: Config) -> Result:
         add_tool(img, resolver, stripper, tool, tool, "fsck")
     add_udev(img, resolver, stripper, settings.udev)
     if settings.cmdline:
-        img.add_bytes(DEFAULT_CMDLINE, settings.cmdline.encode() + b"\n", part="skeleton")
+        img.add_bytes(layout.DEFAULT_CMDLINE, settings.cmdline.encode() + b"\n", part="skeleton")
     raw = img.archive(cfg.mtime)
     kernel_part = compress.compress(raw, settings.compress, settings.compress_level)
     early = firmware.microcode_archive() if settings.early_microcode else b""

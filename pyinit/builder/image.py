@@ -10,7 +10,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 
-from pyinit.build import cpio
+from pyinit.builder import cpio
 
 
 def _norm(path: str) -> str:

@@ -17,7 +17,7 @@ import stat
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from pyinit.build import cpio
+from pyinit.builder import cpio
 
 FIRMWARE_DIR = "/lib/firmware"
 INTEL_UCODE = "/lib/firmware/intel-ucode"

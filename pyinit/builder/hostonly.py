@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from pyinit.build.kmodules import ModuleTree
+from pyinit.builder.kmodules import ModuleTree
 
 # Storage and filesystems for booting on hardware the builder has never seen.
 GENERIC = (

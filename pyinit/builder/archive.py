@@ -7,7 +7,7 @@ import os
 import stat
 from collections.abc import Iterator
 
-from pyinit.build import compress, cpio
+from pyinit.builder import compress, cpio
 
 
 def segments(data: bytes) -> Iterator[tuple[str, bytes]]:

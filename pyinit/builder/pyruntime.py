@@ -16,10 +16,9 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pyinit import lazyimport
+from pyinit import layout, lazyimport
 
 PYINIT_SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SITE_IN_IMAGE = "/usr/lib/pyinit"
 # What the init imports, including the imports it makes inside functions (pyudev when the
 # devices stage starts, code for the Python rescue console), and the codecs the interpreter
 # itself loads at start-up.
@@ -156,7 +155,7 @@ def collect(python: str | None, extra_modules: list[str] | None = None) -> Runti
                 runtime.files[path] = path  # lib-dynload extension module
         elif owner is not None:
             rel = path[len(owner):]
-            dest = f"{SITE_IN_IMAGE}/{rel}"
+            dest = f"{layout.SITE}/{rel}"
             if path.endswith(".py"):
                 runtime.site[dest[:-3] + ".pyc"] = pyc(path, rel)
             else:

@@ -7,6 +7,8 @@ import fnmatch
 import os
 from dataclasses import dataclass, field
 
+from pyinit import modindex
+
 
 class ModulesError(ValueError):
     """A module directory or a requested module is missing or unreadable."""
@@ -105,21 +107,11 @@ class ModuleTree:
                                f"{len(self.paths)} modules there)")
         return sorted(result)
 
-    def index_text(self, modules: list[str]) -> str:
+    def index_text(self, kver: str, modules: list[str]) -> str:
         """The init's index for MODULES: their deps, aliases, softdeps, and all builtins."""
-        chosen = set(modules)
-        lines = []
-        for mod in sorted(chosen):
-            lines.append(f"module\t{mod}\t{self.paths[mod]}\t{' '.join(self.deps[mod])}")
-        for pattern, mod in self.aliases:
-            if mod in chosen:
-                lines.append(f"alias\t{pattern}\t{mod}")
-        for mod in sorted(chosen):
-            if mod in self.softdeps:
-                pre, post = self.softdeps[mod]
-                lines.append(f"softdep\t{mod}\t{' '.join(pre)}\t{' '.join(post)}")
-        lines.extend(f"builtin\t{mod}" for mod in sorted(self.builtin))
-        return "\n".join(lines) + "\n"
+        paths = {mod: self.paths[mod] for mod in modules}
+        return modindex.format_index(kver, paths, self.deps, self.aliases, self.softdeps,
+                                     self.builtin)
 
 
 def _lines(path: str) -> list[str]:

@@ -26,7 +26,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyinit.build import compress
+from pyinit.builder import compress
 
 SYSTEM_FILE = "/etc/pyinit/mkinitramfs.toml"
 SYSTEM_DIR = "/etc/pyinit/mkinitramfs.d"

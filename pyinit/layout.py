@@ -1,0 +1,25 @@
+"""Facts the builder and the init both name: where things sit in the image.
+
+Pure data, no imports: the builder reads it without loading the cffi module, and the init
+reads it without paying for anything but the names.
+"""
+
+SITE = "/usr/lib/pyinit"  # pyinit and its third-party packages, as pycs
+SYSROOT = "/sysroot"  # where the real root is mounted before the hand-over
+API_MOUNTS = ("/dev", "/proc", "/sys", "/run")  # moved into the real root at the hand-over
+API_DIRS = (*API_MOUNTS, SYSROOT, "/tmp")  # directories every image has
+DEFAULT_CMDLINE = "/etc/pyinit/cmdline"  # options the builder baked in; the kernel's line wins
+MODULES_DIR = "/lib/modules"  # + KVER: the kernel's modules and pyinit's index of them
+RUN_DIR = "/run/initramfs"  # survives the move of /run into the real root
+LOG_FILE = RUN_DIR + "/pyinit.log"
+
+# systemd-udevd, when the image carries it.
+UDEVD = "/lib/systemd/systemd-udevd"
+UDEVADM = "/bin/udevadm"
+UDEV_CONTROL = "/run/udev/control"
+UDEV_RULES_DIR = "/lib/udev/rules.d"
+# When the init starts udevd: "always" (at the modules stage: --udev systemd), or "storage"
+# (only once a storage stack is about to create dm or md devices, so that their udev
+# database entries exist for a systemd root). No file: never.
+UDEV_MODE_FILE = "/etc/pyinit/udev"
+UDEV_MODES = ("always", "storage")
