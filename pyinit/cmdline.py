@@ -4,6 +4,11 @@ Splitting follows the kernel's own rules (lib/cmdline.c next_arg): words are sep
 white space, double quotes group, a quote is dropped where it opens or closes a group, and
 everything after a lone ``--`` belongs to init. Repeated keys: the last one wins, except
 for the list-valued keys (rd.break, blacklists, rd.driver.pre), which accumulate.
+
+A bad value of a key that decides *what* boots (root=, init=, resume= and the storage keys)
+is an error that stops the boot; a bad value of any other key is a warning, and the key
+keeps its previous value or its default: a typo in a timeout must not make a machine
+unbootable. Keys pyinit does not know are ignored, as the kernel ignores them.
 """
 
 from collections.abc import Mapping
@@ -16,6 +21,14 @@ WHITESPACE = frozenset(" \t\n\v\f\r")  # the kernel's isspace(), not Unicode's
 STAGES = ("cmdline", "modules", "discover", "mount", "switch_root")
 EMERGENCY_ACTIONS = ("shell", "reboot", "poweroff", "halt")
 LOG_FORMATS = ("pretty", "json")
+# Keys whose bad values stop the boot: they decide what boots.
+DECIDING = ("root", "init", "resume", "resume_offset")
+DECIDING_PREFIXES = ("rd.luks", "luks", "rd.lvm", "rd.md")
+# The Options field each lenient key sets, to name the value it keeps after a bad one.
+FIELDS = {"rootfstype": "rootfstype", "rootflags": "rootflags", "rootdelay": "rootdelay",
+          "rd.timeout": "timeout", "rd.break": "breaks", "rd.shell": "shell",
+          "rd.emergency": "emergency", "panic": "panic", "pyinit.log": "log_format",
+          "fsck.mode": "fsck_mode", "fsck.repair": "fsck_repair"}
 
 
 class CmdlineError(ValueError):
@@ -24,9 +37,10 @@ class CmdlineError(ValueError):
 
 class Options(NamedTuple):
     """What the kernel command line asked of the init; values it could not read are
-    described in errors, never raised. (A NamedTuple: under TCG a frozen dataclass of this
-    size costs 0.03 s to create at import. Its module has no ``from __future__ import
-    annotations``: NamedTuple would compile each string annotation, 0.02 s more.)"""
+    described in errors (they stop the boot) or warnings (they do not), never raised.
+    (A NamedTuple: under TCG a frozen dataclass of this size costs 0.03 s to create at
+    import. Its module has no ``from __future__ import annotations``: NamedTuple would
+    compile each string annotation, 0.02 s more.)"""
 
     root: RootSpec | None = None
     rootfstype: str | None = None
@@ -42,14 +56,17 @@ class Options(NamedTuple):
     emergency: str = "shell"
     panic: int | None = None
     quiet: bool = False
-    loglevel: int | None = None
     blacklist: frozenset[str] = frozenset()
     driver_pre: tuple[str, ...] = ()
     log_format: str = "pretty"
     fsck_mode: str = "auto"
     fsck_repair: str = "preen"
+    resume: RootSpec | None = None
+    resume_offset: int | None = None
+    noresume: bool = False
     raw: Mapping[str, str | None] = MappingProxyType({})
     errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
     params: tuple[str, ...] = ()
 
     def to_cmdline(self) -> str:
@@ -73,8 +90,6 @@ class Options(NamedTuple):
             words.append(f"panic={self.panic}")
         if self.quiet:
             words.append("quiet")
-        if self.loglevel is not None:
-            words.append(f"loglevel={self.loglevel}")
         if self.blacklist:
             words.append("module_blacklist=" + ",".join(sorted(self.blacklist)))
         if self.driver_pre:
@@ -82,6 +97,12 @@ class Options(NamedTuple):
         words.append(f"pyinit.log={self.log_format}")
         words.append(f"fsck.mode={self.fsck_mode}")
         words.append(f"fsck.repair={self.fsck_repair}")
+        if self.resume is not None:
+            words.append(f"resume={self.resume.text}")
+        if self.resume_offset is not None:
+            words.append(f"resume_offset={self.resume_offset}")
+        if self.noresume:
+            words.append("noresume")
         return join(words, list(self.init_args))
 
 
@@ -168,10 +189,31 @@ def _boolean(key: str, value: str | None) -> bool:
     raise CmdlineError(f"{key}={value or ''}: expected 0 or 1")
 
 
+def deciding(key: str) -> bool:
+    """Whether a bad value of KEY stops the boot (it decides what boots)."""
+    return (key in DECIDING or key in DECIDING_PREFIXES
+            or key.startswith(tuple(p + "." for p in DECIDING_PREFIXES)))
+
+
+def _kept(key: str, options: Options) -> str:
+    field = FIELDS.get(key)
+    if field is None:
+        return "ignored"
+    value = getattr(options, field)
+    if isinstance(value, frozenset):
+        value = ",".join(sorted(value)) or "none"
+    elif isinstance(value, bool):
+        value = int(value)
+    elif isinstance(value, float):
+        value = f"{value:g}"
+    return f"ignored, {key} stays {'unset' if value is None else value}"
+
+
 def parse(text: str) -> Options:
     """Parse the command line. Never raises: each known key with a bad value leaves an
-    entry in ``errors`` (naming the key, what was expected and what was found), and the
-    key keeps its default; the boot decides what to do about errors."""
+    entry in ``errors`` (keys that decide what boots) or ``warnings`` (the others), naming
+    the key, what was expected and what was found; the key keeps its previous value or its
+    default. The boot decides what to do about them."""
     params, init_args = split(text)
     raw: dict[str, str | None] = {}
     values: dict[str, object] = {}
@@ -179,6 +221,7 @@ def parse(text: str) -> Options:
     blacklist: set[str] = set()
     driver_pre: list[str] = []
     errors: list[str] = []
+    warnings: list[tuple[str, str]] = []
     for param in params:
         key, sep, val = param.partition("=")
         value: str | None = val if sep else None
@@ -186,8 +229,11 @@ def parse(text: str) -> Options:
         try:
             _apply(key, value, values, breaks, blacklist, driver_pre)
         except CmdlineError as err:
-            errors.append(str(err))
-    return Options(
+            if deciding(key):
+                errors.append(str(err))
+            else:
+                warnings.append((key, str(err)))
+    options = Options(
         breaks=frozenset(breaks),
         blacklist=frozenset(blacklist),
         driver_pre=tuple(driver_pre),
@@ -197,6 +243,10 @@ def parse(text: str) -> Options:
         params=tuple(params),
         **values,  # type: ignore[arg-type]
     )
+    if not warnings:
+        return options
+    return options._replace(warnings=tuple(f"{text}; {_kept(key, options)}"
+                                           for key, text in warnings))
 
 
 def parse_bytes(data: bytes) -> Options:
@@ -206,11 +256,15 @@ def parse_bytes(data: bytes) -> Options:
 
 def _apply(key: str, value: str | None, values: dict[str, object], breaks: set[str],
            blacklist: set[str], driver_pre: list[str]) -> None:
-    if key == "root":
+    if key in ("root", "resume"):
         try:
-            values["root"] = parse_root(value or "")
+            values[key] = parse_root(value or "")
         except RootSpecError as err:
-            raise CmdlineError(str(err)) from None
+            raise CmdlineError(str(err).replace("root=", f"{key}=")) from None
+    elif key == "resume_offset":
+        values["resume_offset"] = _integer(key, value)
+    elif key == "noresume" and value is None:
+        values["noresume"] = True
     elif key in ("rootfstype", "rootflags", "init"):
         if not value:
             raise CmdlineError(f"{key}= is empty: expected a value")
@@ -238,8 +292,6 @@ def _apply(key: str, value: str | None, values: dict[str, object], breaks: set[s
         values["panic"] = _integer(key, value)
     elif key == "quiet" and value is None:
         values["quiet"] = True
-    elif key == "loglevel":
-        values["loglevel"] = _integer(key, value)
     elif key in ("module_blacklist", "modprobe.blacklist"):
         blacklist.update(_names(value))
     elif key == "rd.driver.pre":

@@ -12,7 +12,7 @@ import sys
 from typing import Any, Protocol
 
 from pyinit import cmdline, kmod, log, syscalls
-from pyinit.discover import scan_sysfs
+from pyinit.blockdev import scan_sysfs
 from pyinit.modindex import ModuleIndex
 
 

@@ -6,8 +6,9 @@ Runs ``fsck.TYPE`` from the image when it carries one. ``fsck.mode=skip|force`` 
 """
 
 import os
-import subprocess
 from typing import NamedTuple
+
+from pyinit import command
 
 SEARCH = ("/sbin", "/usr/sbin", "/bin", "/usr/bin")
 TIMEOUT = 3600.0  # a large filesystem can take long; never forever
@@ -50,18 +51,14 @@ def run(device: str, fstype: str | None, mode: str = "auto",
     tool = tool_for(fstype)
     if tool is None:
         return FsckResult(False, 0, "", f"no fsck.{fstype} in the image")
-    command = argv(tool, device, mode, repair)
+    args = argv(tool, device, mode, repair)
     try:
-        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=TIMEOUT, check=False)  # bytes: no locale module needed
-    except subprocess.TimeoutExpired as err:
-        raise FsckError(f"{' '.join(command)}: no result within {TIMEOUT:g} s") from err
-    except OSError as err:
-        raise FsckError(f"{' '.join(command)}: cannot run: {err.strerror}") from err
+        done = command.run(args, TIMEOUT, check=False)
+    except command.CommandError as err:
+        raise FsckError(str(err)) from err
     output = (done.stdout + done.stderr).decode(errors="replace").strip()
-    status = done.returncode
+    status = done.status
     if status < 0 or status >= 4:
-        last = output.splitlines()[-1] if output else "no output"
-        raise FsckError(f"{' '.join(command)} exited with status {status} (errors left "
-                        f"uncorrected): {last}")
+        raise FsckError(f"{command.shown(args)} {command.describe_status(status)} (errors "
+                        f"left uncorrected): {done.last_line()}")
     return FsckResult(True, status, tool, output, reboot=bool(status & 2))

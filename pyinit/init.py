@@ -6,10 +6,13 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from pyinit import cmdline, layout, lazyimport, log, pid1, rescue, syscalls
 from pyinit.cmdline import Options
+
+if TYPE_CHECKING:
+    from pyinit.uevents import Hotplug
 
 T = TypeVar("T")
 SYSROOT = layout.SYSROOT
@@ -48,15 +51,17 @@ def reopen_console() -> None:
 DEFAULTS = layout.DEFAULT_CMDLINE
 
 
-def read_cmdline() -> Options:
+def read_cmdline(init_args: tuple[str, ...]) -> Options:
+    """/proc/cmdline over the image's defaults. INIT_ARGS are the arguments the kernel
+    passed to /init (what it did not know, and everything after "--"): the real init's."""
     with open("/proc/cmdline", "rb") as fh:
         options = cmdline.parse_bytes(fh.read())
     try:
         with open(DEFAULTS, "rb") as fh:
             defaults = cmdline.parse_bytes(fh.read())
     except FileNotFoundError:
-        return options
-    return cmdline.amend(defaults, cmdline.join(list(options.params), []), options.init_args)
+        defaults = cmdline.Options()
+    return cmdline.amend(defaults, cmdline.join(list(options.params), []), init_args)
 
 
 class Boot:
@@ -84,28 +89,46 @@ class Boot:
         """Bad values on the command line stop the boot here, with every problem named;
         the rest of the line (rd.shell=, rd.emergency=, ...) is already in force."""
         log.configure(self.options.log_format, self.options.quiet)
-        if self.options.errors:
-            raise cmdline.CmdlineError("; ".join(self.options.errors))
+        for warning in self.options.warnings:
+            log.get().warning("cmdline_warning", detail=warning)
+        errors = list(self.options.errors)
+        from pyinit import stages
+
+        stacks = stages.storage_stacks()
+        if stacks:  # the storage keys decide what boots too
+            from pyinit import storage
+
+            errors += storage.cmdline_errors(self.options, stacks)
+        if errors:
+            raise cmdline.CmdlineError("; ".join(errors))
 
     def run(self) -> NoReturn:
         early_mounts()
         log.configure()
         pid1.take_over(rescue.ctrl_alt_del)
         try:
-            self.options = read_cmdline()
+            self.options = read_cmdline(tuple(sys.argv[1:]))
         except OSError as err:
             log.get().error("cmdline_unreadable", error=str(err))
         self.stage("cmdline", self.check_cmdline)
 
         from pyinit import stages  # the rest of the boot, imported once logging works
 
-        hotplug = self.stage("modules", lambda: stages.load_modules(self.options))
+        previous: Hotplug | None = None
+
+        def modules() -> Hotplug:
+            nonlocal previous
+            previous = stages.load_modules(self.options, previous)
+            return previous
+
+        hotplug = self.stage("modules", modules)
         device = self.stage("discover", lambda: stages.discover_root(self.options, hotplug))
         self.stage("mount", lambda: stages.mount_root(self.options, hotplug, device, SYSROOT))
-        method, removed = self.stage("switch_root", lambda: stages.hand_over(hotplug, SYSROOT))
+        # Past this stage there is no way back: the exec stage alone is tried again.
+        method, removed, init = self.stage(
+            "switch_root", lambda: stages.hand_over(self.options, hotplug, SYSROOT))
         deferred = lazyimport.pending()
-        log.get().info("switch_root", method=method, deleted=removed,
-                       init=self.options.init or "/sbin/init",
+        log.get().info("switch_root", method=method, deleted=removed, init=init,
                        modules=len(sys.modules) - len(deferred), deferred=",".join(deferred))
         self.stage("exec", lambda: stages.exec_init(self.options))
         raise AssertionError("exec_init returned")

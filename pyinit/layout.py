@@ -23,3 +23,4 @@ UDEV_RULES_DIR = "/lib/udev/rules.d"
 # database entries exist for a systemd root). No file: never.
 UDEV_MODE_FILE = "/etc/pyinit/udev"
 UDEV_MODES = ("always", "storage")
+STORAGE_FILE = "/etc/pyinit/storage"  # the storage stacks the image carries, one a line

@@ -74,6 +74,14 @@ class KmsgConsoleLogger:
             except OSError:
                 pass
 
+    def close(self) -> None:
+        if self.kmsg_fd is not None:
+            try:
+                os.close(self.kmsg_fd)
+            except OSError:
+                pass
+            self.kmsg_fd = None
+
     def debug(self, message: str) -> None:
         self._write("debug", message)
 
@@ -98,8 +106,19 @@ def _uptime(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
     return event
 
 
+_CURRENT: list[KmsgConsoleLogger] = []  # the logger in use, whose kmsg fd is ours to close
+
+
+def close() -> None:
+    """Close the logger's /dev/kmsg descriptor (before the hand-over closes every fd)."""
+    while _CURRENT:
+        _CURRENT.pop().close()
+
+
 def configure(fmt: str = "pretty", quiet: bool = False, kmsg: str = "/dev/kmsg") -> None:
-    """Set structlog up; safe to call again when the command line changes format or quiet."""
+    """Set structlog up; safe to call again when the command line changes format or quiet
+    (the previous logger's descriptor is closed)."""
+    close()
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
@@ -107,6 +126,7 @@ def configure(fmt: str = "pretty", quiet: bool = False, kmsg: str = "/dev/kmsg")
         renderer = structlog.processors.LogfmtRenderer(key_order=["event"], drop_missing=True)
     console_fd = sys.stderr.fileno() if sys.stderr is not None else 2
     logger = KmsgConsoleLogger(console_fd, kmsg, quiet)
+    _CURRENT.append(logger)
     structlog.configure(
         processors=[structlog.processors.add_log_level, _uptime, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS["debug"]),

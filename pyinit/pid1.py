@@ -46,9 +46,21 @@ def children() -> list[int]:
     return found
 
 
-def end_children(grace: float = 2.0) -> int:
-    """SIGTERM every child, SIGKILL what is left after GRACE seconds, and reap them all.
-    Returns how many there were."""
+def describe(pid: int) -> str:
+    """PID (name, state) from /proc, for a report of what would not end."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            head, tail = fh.read().rsplit(b")", 1)
+        return f"{pid} ({head.split(b'(', 1)[1].decode(errors='replace')}, state " \
+               f"{tail.split()[0].decode()})"
+    except (OSError, IndexError):
+        return str(pid)
+
+
+def end_children(grace: float = 2.0, kill_wait: float = 5.0) -> tuple[int, list[str]]:
+    """SIGTERM every child, SIGKILL what is left after GRACE seconds, and reap them all,
+    waiting at most KILL_WAIT seconds more: a child stuck in the kernel (state D) cannot
+    hang PID 1. Returns how many there were and what was still there at the end."""
     pids = children()
     for pid in pids:
         try:
@@ -64,18 +76,23 @@ def end_children(grace: float = 2.0) -> int:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    while children():
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
+    deadline = time.monotonic() + kill_wait
+    while children() and time.monotonic() < deadline:
+        reap()
+        time.sleep(0.02)
     reap()
-    return len(pids)
+    return len(pids), [describe(pid) for pid in children()]
+
+
+def _ignore(_signum: int, _frame: object) -> None:
+    """Stands in for SIG_IGN: a caught signal is reset to its default across exec, so the
+    children PID 1 starts (shells, fsck, udevd) get default dispositions; an ignored one
+    would stay ignored in them."""
 
 
 def take_over(on_ctrl_alt_del: Callable[[], None]) -> None:
     """As PID 1: Ctrl-Alt-Del arrives as SIGINT (not an instant kernel reboot) and runs
-    ON_CTRL_ALT_DEL; the signals a terminal can send are ignored."""
+    ON_CTRL_ALT_DEL; the signals a terminal can send are caught and dropped."""
     if os.getpid() != 1:
         return
     try:
@@ -83,15 +100,23 @@ def take_over(on_ctrl_alt_del: Callable[[], None]) -> None:
     except OSError:
         pass
     signal.signal(signal.SIGINT, lambda _signum, _frame: on_ctrl_alt_del())
-    for signum in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP,
-                   signal.SIGQUIT):
-        signal.signal(signum, signal.SIG_IGN)
+    drop_terminal_signals()
 
 
-def hand_back() -> int:
+TERMINAL_SIGNALS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP,
+                    signal.SIGQUIT)
+
+
+def drop_terminal_signals() -> None:
+    """Catch and drop the signals a terminal can send (see _ignore for why not SIG_IGN)."""
+    for signum in TERMINAL_SIGNALS:
+        signal.signal(signum, _ignore)
+
+
+def hand_back() -> tuple[int, list[str]]:
     """What the real init must start with: no children, default signal dispositions, an
     empty signal mask, no descriptors above 2, and the kernel's own Ctrl-Alt-Del.
-    Returns the number of leftover children that had to be ended."""
+    Returns the number of leftover children that had to be ended, and any that would not."""
     ended = end_children()
     for signum in range(1, signal.NSIG):
         try:

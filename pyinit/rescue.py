@@ -10,7 +10,7 @@ import time
 import traceback
 from typing import NoReturn
 
-from pyinit import console, log, pid1, syscalls
+from pyinit import console, layout, log, pid1, syscalls
 
 SHELLS = ("/bin/sh", "/usr/bin/sh", "/bin/busybox")
 ACTIONS = {
@@ -26,7 +26,8 @@ HINTS = {
                 "(--add-drivers), or add rootwait for slow devices",
     "mount": "check rootfstype= and rootflags=, that the filesystem's module is in the image, "
              "and the filesystem itself (fsck)",
-    "switch_root": "the root filesystem needs /dev, /proc, /sys and /run directories",
+    "switch_root": "check that root= names the real root and init= an executable on it "
+                   "(a btrfs root may need rootflags=subvol=)",
     "exec": "init= must name an executable on the root filesystem; /sbin/init is the default",
     "init": "this is a bug in pyinit: please report the traceback",
 }
@@ -39,18 +40,29 @@ def _console(text: str) -> None:
         pass
 
 
+def release_root() -> None:
+    """Leave the real root clean for a reboot: unmount it from /sysroot, or, once it is "/"
+    (after the hand-over), remount it read-only."""
+    if os.path.ismount(layout.SYSROOT):
+        try:
+            syscalls.umount2(layout.SYSROOT, 0)
+            return
+        except OSError:
+            path = layout.SYSROOT
+    elif syscalls.fs_magic("/") not in (syscalls.RAMFS_MAGIC, syscalls.TMPFS_MAGIC):
+        path = "/"
+    else:
+        return
+    try:
+        syscalls.mount(None, path, None, syscalls.MS_REMOUNT | syscalls.MS_RDONLY)
+    except OSError as err:
+        _console(f"pyinit: cannot remount {path} read-only: {err.strerror}\n")
+
+
 def power(action: str) -> NoReturn:
-    """End every child, unmount the real root, sync, then reboot/power off/halt."""
+    """End every child, release the real root, sync, then reboot/power off/halt."""
     pid1.end_children(grace=1.0)
-    for path in ("/sysroot",):
-        if os.path.ismount(path):
-            try:
-                syscalls.umount2(path, 0)
-            except OSError:
-                try:
-                    syscalls.mount(None, path, None, syscalls.MS_REMOUNT | syscalls.MS_RDONLY)
-                except OSError:
-                    pass
+    release_root()
     os.sync()
     log.get().info("power", action=action)
     try:

@@ -5,26 +5,49 @@ from __future__ import annotations
 import os
 import time
 
-from pyinit import execinit, fsck, log, mountroot, pid1, rescue, switchroot, udevd
+from pyinit import execinit, fsck, layout, log, modindex, mountroot, pid1, rescue, switchroot
+from pyinit import udevd as udevd_
+from pyinit.assemble import Discovery
+from pyinit.blockdev import BlockDevice
 from pyinit.cmdline import Options
-from pyinit.discover import BlockDevice, Discovery, DiscoveryError, Hotplug
-from pyinit.kmod import Loader
-from pyinit.modindex import ModuleIndex
+from pyinit.kmod import Loader, ModuleError
+from pyinit.match import DiscoveryError
+from pyinit.uevents import Hotplug
 
 
 def _emit(event: str, **fields: object) -> None:
     log.get().info(event, **fields)
 
 
-def load_modules(options: Options) -> Hotplug:
-    """rd.driver.pre first, then coldplug: every existing device's MODALIAS."""
-    base = f"/lib/modules/{os.uname().release}"
-    loader = Loader(ModuleIndex.load(base), options.blacklist, on_event=_emit)
+def _warn(event: str, **fields: object) -> None:
+    log.get().warning(event, **fields)
+
+
+def module_index(kver: str) -> modindex.ModuleIndex:
+    """The image's index for the running kernel; an image made for another kernel is
+    named as such (its modules would not load, and the root would never appear)."""
+    base = f"{layout.MODULES_DIR}/{kver}"
+    index = modindex.ModuleIndex.load(base)
+    if not index.paths and not index.builtin:
+        built_for = [k for k in modindex.kernels_in_image() if k != kver]
+        if built_for:
+            raise ModuleError(2, f"this image was built for {', '.join(built_for)}, the "
+                              f"kernel is {kver}: rebuild it with --kver {kver} or boot "
+                              "the kernel it was built for")
+    return index
+
+
+def load_modules(options: Options, previous: Hotplug | None) -> Hotplug:
+    """rd.driver.pre first, then coldplug: every existing device's MODALIAS. A retried
+    stage first closes what the failed try started (its listener, its udevd)."""
+    if previous is not None:
+        previous.close()
+    loader = Loader(module_index(os.uname().release), options.blacklist, on_event=_emit)
     loader.load_all(options.driver_pre, reason="rd.driver.pre")
     udev = None
-    if udevd.present():
+    if udevd_.mode() == "always":
         started = time.monotonic()
-        udev = udevd.Udevd.start()
+        udev = udevd_.Udevd.start()
         _emit("udevd_started", pid=udev.process.pid,
               duration=round(time.monotonic() - started, 3))
     hotplug = Hotplug(loader, udev)
@@ -42,12 +65,35 @@ def discover_root(options: Options, hotplug: Hotplug) -> BlockDevice:
                              "UUID=, LABEL=, PARTUUID=, PARTLABEL= or MAJ:MIN")
     if options.rootdelay:
         time.sleep(options.rootdelay)
+    handlers = []
+    stacks = storage_stacks()
+    if stacks:  # only an image that carries storage stacks imports them
+        from pyinit import storage
+
+        env = storage.Env(options, hotplug.loader, _emit, _warn)
+        handlers = storage.handlers(env, stacks)
+    resume = None if options.noresume else options.resume
     discovery = Discovery(options.root, hotplug, options.timeout,
-                          wait_forever=options.rootwait, emit=_emit)
+                          wait_forever=options.rootwait, emit=_emit, warn=_warn,
+                          handlers=handlers, resume=resume)
     device = discovery.run()
     _emit("root_found", device=device.node, type=device.props.get("ID_FS_TYPE", ""),
           uuid=device.props.get("ID_FS_UUID", ""), events=hotplug.events)
+    if discovery.resume_device is not None:
+        from pyinit import resume as resume_
+
+        resume_.resume_from(discovery.resume_device, options.resume_offset, _emit, _warn)
     return device
+
+
+def storage_stacks() -> list[str]:
+    """The storage stacks this image carries (pyinit.layout.STORAGE_FILE), without
+    importing pyinit.storage for an image that carries none."""
+    try:
+        with open(layout.STORAGE_FILE, encoding="ascii") as fh:
+            return fh.read().split()
+    except OSError:
+        return []
 
 
 def mount_root(options: Options, hotplug: Hotplug, device: BlockDevice, target: str) -> None:
@@ -71,21 +117,29 @@ def mount_root(options: Options, hotplug: Hotplug, device: BlockDevice, target: 
           mode="ro" if options.read_only else "rw")
 
 
-def hand_over(hotplug: Hotplug, new_root: str) -> tuple[str, int]:
+def hand_over(options: Options, hotplug: Hotplug, new_root: str) -> tuple[str, int, str]:
+    """Check, stop listening (and udevd), move the API mounts, switch. Raises only before
+    the switch itself succeeded; what cannot be deleted afterwards is logged. Returns the
+    method, the number of initramfs entries deleted and the init that will run."""
+    init = switchroot.check(new_root, options.init, _warn)
     hotplug.close()
-    if hotplug.udev is not None:
-        _emit("udevd_stopped", status=hotplug.udev.process.returncode)
+    udev = udevd_.Udevd.running() or hotplug.udev
+    if udev is not None:
+        udev.stop()
+        _emit("udevd_stopped", status=udev.process.returncode)
     switchroot.make_private("/")
-    switchroot.move_api_mounts(new_root)
-    return switchroot.switch_root(new_root)
+    switchroot.move_api_mounts(new_root, _warn)
+    method, removed, errors = switchroot.switch_root(new_root)
+    if errors:
+        _warn("initramfs_not_deleted", count=len(errors), first=errors[0])
+    return method, removed, init
 
 
 def exec_init(options: Options) -> None:
-    ended = pid1.hand_back()
+    """Hand the machine to the real init; returns only by raising (nothing could run)."""
+    log.close()  # hand_back closes every descriptor above 2
+    ended, stuck = pid1.hand_back()
+    log.configure(options.log_format, options.quiet)
     if ended:
-        log.configure(options.log_format, options.quiet)
-        log.get().warning("children_ended", count=ended)
-    try:
-        execinit.exec_init(options.init, options.init_args)
-    finally:
-        log.configure(options.log_format, options.quiet)  # hand_back closed the kmsg fd
+        log.get().warning("children_ended", count=ended, stuck=",".join(stuck) or "none")
+    execinit.exec_init(options.init, options.init_args, os.environ)

@@ -1,10 +1,14 @@
-"""The hand-over: move the API filesystems, then make the new root the process's root.
+"""The hand-over: check, move the API filesystems, then make the new root the process's root.
+
+Everything that can refuse the hand-over is checked first (check()), while the rescue
+console still has /proc, /sys and /dev. Then the API mounts move into the new root, and:
 
 With the kernel's immutable nullfs root (Linux 7.0 and later) the initramfs is an ordinary
 mount, so ``pivot_root(".", ".")`` stacks it on top of the new root and a lazy unmount
-detaches it; the kernel frees its memory when the last user is gone. Older kernels refuse
-that pivot (EINVAL: the initramfs is rootfs itself); then the initramfs files are deleted,
-without crossing into other mounts, and the new root is moved on top of "/".
+detaches it. Older kernels refuse that pivot (EINVAL: the initramfs is rootfs itself); then
+the new root is moved on top of "/". On both paths the initramfs files are deleted
+afterwards, through a descriptor kept on the old root, never crossing into other mounts.
+Once the pivot or the move has succeeded there is no way back: nothing after it raises.
 """
 
 from __future__ import annotations
@@ -12,9 +16,16 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable, Sequence
 
-from pyinit import syscalls
+from pyinit import execinit, syscalls
 from pyinit.layout import API_MOUNTS
+
+OS_RELEASE = ("etc/os-release", "usr/lib/os-release")
+
+
+class HandOverError(OSError):
+    """The hand-over was refused before anything was changed."""
 
 
 def make_private(path: str = "/") -> None:
@@ -22,85 +33,131 @@ def make_private(path: str = "/") -> None:
     syscalls.mount(None, path, None, syscalls.MS_REC | syscalls.MS_PRIVATE)
 
 
-def move_api_mounts(new_root: str, mounts: tuple[str, ...] = API_MOUNTS) -> list[str]:
-    """Move each mount under NEW_ROOT; one the new root has no directory for is detached."""
-    detached = []
+def is_systemd(root: str, init: str) -> bool:
+    """Whether INIT in ROOT is systemd (/sbin/init is a link to it on systemd systems)."""
+    path = execinit.resolve_in(root, init)
+    return path is not None and os.path.basename(path) == "systemd"
+
+
+def check(new_root: str, requested: str | None, warn: Callable[..., None]) -> str:
+    """Refuse, before anything changes, a hand-over that cannot work: / must be the
+    initramfs (ramfs or tmpfs: never empty a real root), NEW_ROOT a mount point holding an
+    init to run (REQUESTED, else the kernel's fallbacks), and an OS tree (os-release) when
+    that init is systemd. Returns the init that will run."""
+    magic = syscalls.fs_magic("/")
+    if magic not in (syscalls.RAMFS_MAGIC, syscalls.TMPFS_MAGIC):
+        raise HandOverError(errno.EINVAL, f"refusing to switch root: / is not an initramfs "
+                            f"(expected ramfs or tmpfs, found filesystem magic {magic:#x})")
+    if os.stat(new_root).st_dev == os.stat("/").st_dev:
+        raise HandOverError(errno.EINVAL, f"{new_root} is not a mount point", new_root)
+    found = execinit.choose(requested, new_root)
+    usable = [path for path, problem in found if problem is None]
+    if not usable:
+        raise execinit.no_init([f"{path}: {problem}" for path, problem in found])
+    init = usable[0]
+    if not any(os.path.isfile(os.path.join(new_root, p)) for p in OS_RELEASE):
+        text = (f"Specified switch root path '{new_root}' does not seem to be an OS tree. "
+                "os-release file is missing.")
+        if is_systemd(new_root, init):
+            raise HandOverError(errno.ENOENT, text)  # systemd's own words for it
+        warn("not_an_os_tree", root=new_root, init=init, reason=text)
+    return init
+
+
+def move_api_mounts(new_root: str, warn: Callable[..., None],
+                    mounts: Sequence[str] = API_MOUNTS) -> list[str]:
+    """Move each mount under NEW_ROOT, making its directory there when it is missing. A
+    directory a read-only root cannot get is reported (WARN) and its mount detached. When a
+    move fails, the moves done so far are undone before raising. Returns what was moved."""
+    moved: list[str] = []
     for mount in mounts:
         if not os.path.ismount(mount):
             continue
         target = new_root.rstrip("/") + mount
-        if os.path.isdir(target):
+        if not os.path.isdir(target):
+            try:
+                os.mkdir(target, 0o755)
+                warn("api_dir_created", path=target)
+            except OSError as err:
+                warn("api_mount_detached", mount=mount,
+                     reason=f"{target}: {err.strerror}; the real init starts without {mount}")
+                syscalls.umount2(mount, syscalls.MNT_DETACH)
+                continue
+        try:
             syscalls.mount(mount, target, None, syscalls.MS_MOVE)
-        else:
-            syscalls.umount2(mount, syscalls.MNT_DETACH)
-            detached.append(mount)
-    return detached
+        except OSError:
+            for done in reversed(moved):
+                syscalls.mount(new_root.rstrip("/") + done, done, None, syscalls.MS_MOVE)
+            raise
+        moved.append(mount)
+    return moved
 
 
-def delete_contents(dirfd: int, device: int) -> int:
+def delete_contents(dirfd: int, device: int, errors: list[str]) -> int:
     """Delete everything in the directory open at DIRFD that lives on DEVICE, never
-    descending into other mounts. Returns the number of entries removed."""
+    descending into other mounts. What cannot be deleted is added to ERRORS, not raised.
+    Returns the number of entries removed."""
     removed = 0
     for entry in os.scandir(dirfd):
         name = entry.name
         try:
             st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            if st.st_dev != device:
+                continue  # a mount point: its directory stays, its contents are not ours
+            if stat.S_ISDIR(st.st_mode):
+                sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=dirfd)
+                try:
+                    removed += delete_contents(sub, device, errors)
+                finally:
+                    os.close(sub)
+                os.rmdir(name, dir_fd=dirfd)
+            else:
+                os.unlink(name, dir_fd=dirfd)
+            removed += 1
         except FileNotFoundError:
             continue
-        if st.st_dev != device:
-            continue  # a mount point: its directory stays, its contents are not ours
-        if stat.S_ISDIR(st.st_mode):
-            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          dir_fd=dirfd)
-            try:
-                removed += delete_contents(sub, device)
-            finally:
-                os.close(sub)
-            try:
-                os.rmdir(name, dir_fd=dirfd)
-                removed += 1
-            except OSError as err:
-                if err.errno not in (errno.EBUSY, errno.ENOTEMPTY):
-                    raise
-        else:
-            os.unlink(name, dir_fd=dirfd)
-            removed += 1
+        except OSError as err:
+            if err.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                errors.append(f"{name}: {err.strerror}")
     return removed
 
 
-def switch_root(new_root: str) -> tuple[str, int]:
-    """Make NEW_ROOT the root of this process.
+def switch_root(new_root: str) -> tuple[str, int, list[str]]:
+    """Make NEW_ROOT (checked by check(), API mounts moved) the root of this process.
 
-    Returns the method ("pivot_root" or "move") and the number of initramfs entries deleted.
-    The initramfs files are deleted on both paths: on the pivot path too, because the
-    kernel may keep the detached initramfs superblock alive (measured on Linux 7.2: its
-    pages stayed Unevictable after the lazy unmount), and deleting frees them for certain.
-    """
-    magic = syscalls.fs_magic("/")
-    if magic not in (syscalls.RAMFS_MAGIC, syscalls.TMPFS_MAGIC):
-        # The initramfs is ramfs or tmpfs; anything else is a real root we must not empty.
-        raise OSError(errno.EINVAL, f"refusing to switch root: / is not an initramfs "
-                      f"(expected ramfs or tmpfs, found filesystem magic {magic:#x})")
+    Returns the method ("pivot_root" or "move"), the number of initramfs entries deleted and
+    what could not be deleted. Raises only before the pivot or move succeeded. The files are
+    deleted on the pivot path too: the kernel may keep the detached initramfs superblock
+    alive (measured on Linux 7.2: its pages stayed Unevictable after the lazy unmount)."""
     old_root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         old_dev = os.fstat(old_root).st_dev
         os.chdir(new_root)
-        if os.stat(".").st_dev == old_dev:
-            raise OSError(errno.EINVAL, f"{new_root} is not a mount point", new_root)
         try:
             syscalls.pivot_root(".", ".")
         except OSError as err:
             if err.errno != errno.EINVAL:
+                os.chdir("/")
                 raise
-            removed = delete_contents(old_root, old_dev)
-            syscalls.mount(".", "/", None, syscalls.MS_MOVE)
+            try:
+                syscalls.mount(".", "/", None, syscalls.MS_MOVE)
+            except OSError:
+                os.chdir("/")
+                raise
             method = "move"
         else:
-            syscalls.umount2(".", syscalls.MNT_DETACH)
-            removed = delete_contents(old_root, old_dev)
             method = "pivot_root"
+        # The point of no return: from here on nothing raises.
+        errors: list[str] = []
+        if method == "pivot_root":
+            try:
+                syscalls.umount2(".", syscalls.MNT_DETACH)
+            except OSError as err:
+                errors.append(f"umount of the old root: {err.strerror}")
         os.chroot(".")
         os.chdir("/")
-        return method, removed
+        removed = delete_contents(old_root, old_dev, errors)
+        return method, removed, errors
     finally:
         os.close(old_root)

@@ -1,10 +1,14 @@
-"""systemd-udevd in the initramfs, when the image carries it (mkinitramfs.py --udev systemd).
+"""systemd-udevd in the initramfs, when the image carries it.
 
-The init starts udevd as its own child, replays the coldplug events (udevadm trigger) and
-then listens to udev's processed events through pyudev. Module loading stays with the init
-(the image's build-time index; the builder leaves out 80-drivers.rules). Before the
-hand-over udevd is stopped and its database cleaned, as dracut and the systemd initrd do,
-so the real root's udevd starts from a clean state.
+The image says when the init starts it (pyinit.layout.UDEV_MODE_FILE): "always" (at the
+modules stage, as ``mkinitramfs.py --udev systemd`` asks: the init then listens to udev's
+processed events and uses its properties and /dev/disk links), or "storage" (only when a
+storage stack is about to create dm or md devices, so that their udev database entries,
+kept with db_persist, tell the real root's udevd that they are ready). Module loading stays
+with the init either way (the image's build-time index; 80-drivers.rules is left out).
+
+Before the hand-over udevd is stopped and its database cleaned, as dracut and the systemd
+initrd do; what the rules marked db_persist survives for the real root.
 """
 
 from __future__ import annotations
@@ -13,8 +17,7 @@ import os
 import subprocess
 import time
 
-from pyinit.layout import UDEV_CONTROL as CONTROL
-from pyinit.layout import UDEVADM, UDEVD
+from pyinit import command, layout
 
 START_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 30.0
@@ -24,74 +27,98 @@ class UdevError(RuntimeError):
     """udevd did not start, or a udevadm command failed."""
 
 
-def present() -> bool:
-    return os.access(UDEVD, os.X_OK) and os.access(UDEVADM, os.X_OK)
-
-
-def _udevadm(*args: str) -> None:
-    command = [UDEVADM, *args]
+def mode(mode_file: str = layout.UDEV_MODE_FILE) -> str | None:
+    """When this image starts udevd: "always", "storage", or None (never)."""
+    if not (os.access(layout.UDEVD, os.X_OK) and os.access(layout.UDEVADM, os.X_OK)):
+        return None
     try:
-        done = subprocess.run(command, capture_output=True, timeout=COMMAND_TIMEOUT,
-                              check=False)  # bytes: text mode would need the locale module
-    except subprocess.TimeoutExpired as err:
-        raise UdevError(f"{' '.join(command)}: no answer within {COMMAND_TIMEOUT:g} s") from err
-    if done.returncode != 0:
-        last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
-        raise UdevError(f"{' '.join(command)} exited with status {done.returncode}: {last}")
+        with open(mode_file, encoding="ascii") as fh:
+            value = fh.read().strip()
+    except OSError:
+        return "always"  # images from builders that wrote no mode file
+    return value if value in layout.UDEV_MODES else None
+
+
+def udevadm(*args: str) -> None:
+    try:
+        command.run([layout.UDEVADM, *args], COMMAND_TIMEOUT)
+    except command.CommandError as err:
+        raise UdevError(str(err)) from err
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    process.kill()
+    process.wait()
 
 
 class Udevd:
-    """The systemd-udevd the init started, until stop() ends it."""
+    """The systemd-udevd the init started, until stop() ends it. One at a time: start()
+    returns the running one when a stage is tried again."""
+
+    _running: Udevd | None = None
 
     def __init__(self, process: subprocess.Popen[bytes]) -> None:
         self.process = process
 
     @classmethod
+    def running(cls) -> Udevd | None:
+        return cls._running
+
+    @classmethod
     def start(cls) -> Udevd:
-        """Start udevd and wait (bounded) until its control socket answers."""
-        os.makedirs("/run/udev", exist_ok=True)
+        """Start udevd (unless it runs already) and wait, bounded, until its control
+        socket answers."""
+        if cls._running is not None and cls._running.process.poll() is None:
+            return cls._running
+        os.makedirs(os.path.dirname(layout.UDEV_CONTROL), exist_ok=True)
         try:
-            process = subprocess.Popen([UDEVD],
-                                       stdin=subprocess.DEVNULL)
+            process = subprocess.Popen([layout.UDEVD], stdin=subprocess.DEVNULL)
         except OSError as err:
-            raise UdevError(f"cannot start {UDEVD}: {err.strerror}") from err
+            raise UdevError(f"cannot start {layout.UDEVD}: {err.strerror}") from err
         deadline = time.monotonic() + START_TIMEOUT
-        while not os.path.exists(CONTROL):
+        while not os.path.exists(layout.UDEV_CONTROL):
             if process.poll() is not None:
-                raise UdevError(f"{UDEVD} exited with status {process.returncode} at start")
+                raise UdevError(f"{layout.UDEVD} {command.describe_status(process.returncode)}"
+                                " at start")
             if time.monotonic() > deadline:
-                process.kill()
-                process.wait()
-                raise UdevError(f"{UDEVD} did not create {CONTROL} within {START_TIMEOUT:g} s")
+                _kill(process)
+                raise UdevError(f"{layout.UDEVD} did not create {layout.UDEV_CONTROL} within "
+                                f"{START_TIMEOUT:g} s")
             time.sleep(0.01)
         # The socket can exist before udevd accepts messages on it: a ping sent in between
         # is refused ("Invalid sender uid 65534": no credentials were attached yet).
         while True:
             try:
-                _udevadm("control", "--ping")
-                return cls(process)
+                udevadm("control", "--ping")
+                break
             except UdevError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    process.kill()
-                    process.wait()
+                    _kill(process)
                     raise
                 time.sleep(0.05)
+        cls._running = cls(process)
+        return cls._running
 
     def trigger(self) -> None:
         """Replay 'add' for every subsystem and device (coldplug through udev)."""
-        _udevadm("trigger", "--type=subsystems", "--action=add")
-        _udevadm("trigger", "--type=devices", "--action=add")
+        udevadm("trigger", "--type=subsystems", "--action=add")
+        udevadm("trigger", "--type=devices", "--action=add")
+
+    def settle(self, timeout: float = COMMAND_TIMEOUT) -> None:
+        udevadm("settle", f"--timeout={timeout:g}")
 
     def stop(self) -> None:
-        """Ask udevd to exit, wait for it (bounded), then clean its database."""
+        """Ask udevd to exit, wait for it (bounded), then clean its database; entries the
+        rules marked db_persist stay. Safe to call again."""
         if self.process.poll() is None:
             try:
-                _udevadm("control", "--exit")
+                udevadm("control", "--exit")
             except UdevError:
                 self.process.terminate()
             try:
                 self.process.wait(timeout=COMMAND_TIMEOUT)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        _udevadm("info", "--cleanup-db")
+                _kill(self.process)
+            udevadm("info", "--cleanup-db")
+        if Udevd._running is self:
+            Udevd._running = None

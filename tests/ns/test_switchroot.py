@@ -7,10 +7,12 @@ afterwards through a pipe. Nothing is mounted in the test runner's own namespace
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +67,22 @@ def mounted_initramfs(tmp_path: Path) -> str:
 
 
 def populate_root(root: str) -> None:
-    for sub in ("proc", "dev", "run", "sys", "sbin"):
+    for sub in ("proc", "dev", "run", "sys", "sbin", "etc"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
     with open(os.path.join(root, "sbin/marker"), "w") as fh:
         fh.write("real root")
+    with open(os.path.join(root, "sbin/init"), "w") as fh:
+        fh.write("#!/bin/sh\n")
+    os.chmod(os.path.join(root, "sbin/init"), 0o755)
+    with open(os.path.join(root, "etc/os-release"), "w") as fh:
+        fh.write("ID=test\n")
+
+
+WARNINGS: list[tuple[str, dict[str, object]]] = []
+
+
+def warn(event: str, **fields: object) -> None:
+    WARNINGS.append((event, fields))
 
 
 def mountinfo() -> list[list[str]]:
@@ -101,8 +115,10 @@ def test_pivot_root_path(tmp_path: Path) -> None:
         syscalls.mount("proc", f"{initramfs}/proc", "proc")
         os.chroot(initramfs)  # the root is now a mount point of its own, as with nullfs
         os.chdir("/")
-        switchroot.move_api_mounts("/sysroot", ("/proc", "/dev"))
-        method, removed = switchroot.switch_root("/sysroot")
+        switchroot.check("/sysroot", None, warn)
+        switchroot.move_api_mounts("/sysroot", warn, ("/proc", "/dev"))
+        method, removed, errors = switchroot.switch_root("/sysroot")
+        assert errors == []
         return after_switch(method, removed, None)
 
     result = in_namespace(body)
@@ -132,33 +148,55 @@ def test_move_path(tmp_path: Path) -> None:
         keep = os.open(initramfs, os.O_RDONLY | os.O_DIRECTORY)
         os.chroot(initramfs)
         os.chdir("/")
-        switchroot.move_api_mounts("/sysroot", ("/proc",))
-        method, removed = switchroot.switch_root("/sysroot")
+        switchroot.check("/sysroot", None, warn)
+        switchroot.move_api_mounts("/sysroot", warn, ("/proc",))
+        method, removed, errors = switchroot.switch_root("/sysroot")
+        assert errors == []
         return after_switch(method, removed, keep)
 
     result = in_namespace(body)
     assert result["method"] == "move"
     assert result["marker"] == "real root"
     assert result["root_fstype"] == "tmpfs"
-    # Everything of the old initramfs is gone but the mount point the new root sits on.
-    assert result["initramfs_left"] == ["sysroot"]
-    assert result["removed"] == 12  # all but /sysroot, where the new root sits
+    # The new root was moved away first, then everything of the old initramfs was deleted,
+    # /sysroot (an empty directory by then) included.
+    assert result["initramfs_left"] == []
+    assert result["removed"] == 13
     assert result["mount_points"] == ["/", "/proc"]
 
 
-def test_refuses_to_empty_a_real_root() -> None:
-    """Run outside an initramfs (here: the test machine's own /), switch_root must refuse
+@pytest.fixture()
+def disk_scratch() -> Iterator[Path]:
+    """A scratch tree on a disk filesystem (never tmpfs or ramfs), away from anything that
+    matters: if the guard below ever regresses, only these files are lost."""
+    top = Path(__file__).resolve().parents[2] / f".scratch-{os.getpid()}"
+    top.mkdir()
+    try:
+        yield top
+    finally:
+        shutil.rmtree(top)
+
+
+def test_refuses_to_empty_a_real_root(disk_scratch: Path) -> None:
+    """Run outside an initramfs (a root on a disk filesystem), the hand-over must refuse
     before touching anything."""
+    populate_initramfs(str(disk_scratch))
+    magic = syscalls.fs_magic(str(disk_scratch))
+    assert magic not in (syscalls.RAMFS_MAGIC, syscalls.TMPFS_MAGIC)
 
     def body() -> dict[str, Any]:
+        os.chroot(str(disk_scratch))
+        os.chdir("/")
         try:
-            switchroot.switch_root("/tmp")
+            switchroot.check("/sysroot", None, warn)
         except OSError as err:
-            return {"refused": str(err)}
+            return {"refused": str(err), "left": sorted(os.listdir("/"))}
         return {"refused": None}
 
     result = in_namespace(body)
     assert result["refused"] and "not an initramfs" in result["refused"]
+    assert result["left"] == ["dev", "etc", "init", "lib", "proc", "run", "sys", "sysroot",
+                              "usr"]
 
 
 def test_not_a_mount_point_is_refused(tmp_path: Path) -> None:
@@ -166,7 +204,7 @@ def test_not_a_mount_point_is_refused(tmp_path: Path) -> None:
         initramfs = mounted_initramfs(tmp_path)
         os.chroot(initramfs)
         try:
-            switchroot.switch_root("/sysroot")
+            switchroot.check("/sysroot", None, warn)
         except OSError as err:
             return {"error_text": str(err), "init_still_there": os.path.exists("/init")}
         return {"error_text": None}
@@ -176,17 +214,166 @@ def test_not_a_mount_point_is_refused(tmp_path: Path) -> None:
     assert result["init_still_there"]
 
 
-def test_api_mount_without_a_directory_in_the_new_root_is_detached(tmp_path: Path) -> None:
+def test_a_root_without_an_init_is_refused_before_anything_moves(tmp_path: Path) -> None:
     def body() -> dict[str, Any]:
-        top = str(tmp_path / "t")
-        os.makedirs(f"{top}/api")
-        syscalls.mount("t", top, "tmpfs")
-        os.makedirs(f"{top}/api")
-        os.makedirs(f"{top}/new")
-        syscalls.mount("api", f"{top}/api", "tmpfs")
-        detached = switchroot.move_api_mounts(f"{top}/new", (f"{top}/api",))
-        return {"detached": detached, "still_mounted": os.path.ismount(f"{top}/api")}
+        initramfs = mounted_initramfs(tmp_path)
+        syscalls.mount("realroot", f"{initramfs}/sysroot", "tmpfs", 0, "size=16m")
+        os.makedirs(f"{initramfs}/sysroot/sbin")
+        os.symlink("/nowhere", f"{initramfs}/sysroot/sbin/init")
+        syscalls.mount("proc", f"{initramfs}/proc", "proc")
+        os.chroot(initramfs)
+        try:
+            switchroot.check("/sysroot", "/sbin/missing", warn)
+        except OSError as err:
+            return {"strerror": err.strerror, "proc": os.path.ismount("/proc")}
+        return {"strerror": None}
 
     result = in_namespace(body)
-    assert result["detached"] == [str(tmp_path / "t" / "api")]
-    assert result["still_mounted"] is False
+    assert result["strerror"] == ("no init could be executed: /sbin/missing: does not exist; "
+                               "/sbin/init: dangling symbolic link to /nowhere; /etc/init: "
+                               "does not exist; /bin/init: does not exist; /bin/sh: does not "
+                               "exist")
+    assert result["proc"]  # still mounted where the rescue console needs it
+
+
+def test_systemd_refuses_a_root_without_os_release(tmp_path: Path) -> None:
+    def body() -> dict[str, Any]:
+        initramfs = mounted_initramfs(tmp_path)
+        root = f"{initramfs}/sysroot"
+        syscalls.mount("realroot", root, "tmpfs", 0, "size=16m")
+        populate_root(root)
+        os.unlink(f"{root}/etc/os-release")
+        os.makedirs(f"{root}/lib/systemd")
+        os.rename(f"{root}/sbin/init", f"{root}/lib/systemd/systemd")
+        os.symlink("/lib/systemd/systemd", f"{root}/sbin/init")
+        os.chroot(initramfs)
+        try:
+            switchroot.check("/sysroot", None, warn)
+        except OSError as err:
+            refused = err.strerror
+        os.unlink("/sysroot/sbin/init")  # a plain init only gets a warning
+        os.symlink("/bin/busybox", "/sysroot/sbin/init")
+        os.makedirs("/sysroot/bin")
+        os.rename("/sysroot/lib/systemd/systemd", "/sysroot/bin/busybox")
+        WARNINGS.clear()
+        chosen = switchroot.check("/sysroot", None, warn)
+        return {"refused": refused, "chosen": chosen, "warnings": [w[0] for w in WARNINGS]}
+
+    result = in_namespace(body)
+    assert result["refused"] == ("Specified switch root path '/sysroot' does not seem to be an "
+                                 "OS tree. os-release file is missing.")
+    assert result["chosen"] == "/sbin/init" and result["warnings"] == ["not_an_os_tree"]
+
+
+def test_api_dirs_are_made_in_a_writable_root_and_reported_in_a_read_only_one(
+        tmp_path: Path) -> None:
+    def body() -> dict[str, Any]:
+        top = str(tmp_path / "t")
+        os.makedirs(top)
+        syscalls.mount("t", top, "tmpfs")
+        for sub in ("api1", "api2", "rw", "ro"):
+            os.makedirs(f"{top}/{sub}")
+        syscalls.mount("api1", f"{top}/api1", "tmpfs")
+        syscalls.mount("api2", f"{top}/api2", "tmpfs")
+        syscalls.mount("rw", f"{top}/rw", "tmpfs")
+        syscalls.mount("ro", f"{top}/ro", "tmpfs", syscalls.MS_RDONLY)
+        os.chroot(top)
+        WARNINGS.clear()
+        moved = switchroot.move_api_mounts("/rw", warn, ("/api1",))
+        detached = switchroot.move_api_mounts("/ro", warn, ("/api2",))
+        return {"moved": moved, "created": os.path.ismount("/rw/api1"), "detached": detached,
+                "api2_mounted": os.path.ismount("/api2"), "warnings": [w[0] for w in WARNINGS]}
+
+    result = in_namespace(body)
+    assert result == {"moved": ["/api1"], "created": True, "detached": [],
+                      "api2_mounted": False,
+                      "warnings": ["api_dir_created", "api_mount_detached"]}
+
+
+def test_a_failed_move_puts_back_the_mounts_already_moved(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def body() -> dict[str, Any]:
+        top = str(tmp_path / "t")
+        os.makedirs(top)
+        syscalls.mount("t", top, "tmpfs")
+        for sub in ("a", "b", "new/a", "new/b"):
+            os.makedirs(f"{top}/{sub}")
+        syscalls.mount("a", f"{top}/a", "tmpfs")
+        syscalls.mount("b", f"{top}/b", "tmpfs")
+        os.chroot(top)
+        real_mount = syscalls.mount
+
+        def refuse_b(source: str | None, target: str, *args: Any) -> None:
+            if source == "/b":
+                raise OSError(errno.EINVAL, "mount /b on /new/b: Invalid argument")
+            real_mount(source, target, *args)
+
+        monkeypatch.setattr(syscalls, "mount", refuse_b)
+        try:
+            switchroot.move_api_mounts("/new", warn, ("/a", "/b"))
+        except OSError as err:
+            return {"errno": err.errno, "a_back": os.path.ismount("/a"),
+                    "a_gone": not os.path.ismount("/new/a")}
+        return {"errno": None}
+
+    result = in_namespace(body)
+    assert result == {"errno": errno.EINVAL, "a_back": True, "a_gone": True}
+
+
+def test_move_path_keeps_the_initramfs_when_the_move_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The move comes before the deletion: a failed move leaves every file in place."""
+
+    def body() -> dict[str, Any]:
+        scratch = str(tmp_path / "scratch")
+        os.makedirs(scratch)
+        syscalls.mount("scratch", scratch, "tmpfs", 0, "size=16m")
+        initramfs = f"{scratch}/rootfs"
+        populate_initramfs(initramfs)
+        syscalls.mount("realroot", f"{initramfs}/sysroot", "tmpfs", 0, "size=16m")
+        populate_root(f"{initramfs}/sysroot")
+        os.chroot(initramfs)
+        os.chdir("/")
+        real_mount = syscalls.mount
+
+        def refuse_move(source: str | None, target: str, *args: Any) -> None:
+            if target == "/" and args[1:2] == (syscalls.MS_MOVE,):
+                raise OSError(errno.EBUSY, "mount . on /: Device or resource busy")
+            real_mount(source, target, *args)
+
+        monkeypatch.setattr(syscalls, "mount", refuse_move)
+        try:
+            switchroot.switch_root("/sysroot")
+        except OSError as err:
+            return {"errno": err.errno, "left": sorted(os.listdir("/")), "cwd": os.getcwd()}
+        return {"errno": None}
+
+    result = in_namespace(body)
+    assert result["errno"] == errno.EBUSY and result["cwd"] == "/"
+    assert "init" in result["left"] and "usr" in result["left"]
+
+
+def test_errors_after_the_point_of_no_return_are_reported_not_raised(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def body() -> dict[str, Any]:
+        initramfs = mounted_initramfs(tmp_path)
+        syscalls.mount("realroot", f"{initramfs}/sysroot", "tmpfs", 0, "size=16m")
+        populate_root(f"{initramfs}/sysroot")
+        os.chroot(initramfs)
+        os.chdir("/")
+        real_unlink = os.unlink
+
+        def refuse(path: Any, *, dir_fd: int | None = None) -> None:
+            if path == "init":
+                raise OSError(errno.EPERM, "Operation not permitted")
+            real_unlink(path, dir_fd=dir_fd)
+
+        monkeypatch.setattr(os, "unlink", refuse)
+        method, removed, errors = switchroot.switch_root("/sysroot")
+        return {"method": method, "removed": removed, "errors": errors,
+                "marker": open("/sbin/marker").read()}
+
+    result = in_namespace(body)
+    assert result["method"] == "pivot_root" and result["marker"] == "real root"
+    assert result["errors"] == ["init: Operation not permitted"]
+    assert result["removed"] == 12

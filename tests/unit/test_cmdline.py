@@ -102,31 +102,70 @@ def test_other_options() -> None:
     assert options.rootwait and options.rootdelay == 2.5
     assert options.rootflags == "data=journal,noatime"
     assert options.shell is False and options.emergency == "poweroff"
-    assert options.panic == 10 and options.quiet and options.loglevel == 3
+    assert options.panic == 10 and options.quiet
+    assert options.raw["loglevel"] == "3"  # the kernel's, not pyinit's
     assert options.log_format == "json"
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("rootdelay=abc", "rootdelay=abc: expected a number"),
-        ("rd.timeout=-1", "rd.timeout=-1: expected a number >= 0"),
-        ("rd.timeout=nan", "expected a number >= 0"),
-        ("rd.emergency=explode", "expected one of shell, reboot, poweroff, halt"),
-        ("rd.break=nowhere", "expected one of cmdline, modules"),
-        ("rd.shell=maybe", "expected 0 or 1"),
-        ("panic=soon", "expected a whole number"),
-        ("init=sbin/init", "expected an absolute path"),
-        ("rootfstype=", "expected a value"),
-        ("pyinit.log=xml", "expected one of pretty, json"),
+        ("init=sbin/init", "init=sbin/init: expected an absolute path"),
+        ("init=", "init= is empty: expected a value"),
+        ("root=UUID=", "root=UUID=: expected a value after UUID="),
     ],
 )
-def test_bad_values_name_key_and_expectation(text: str, message: str) -> None:
+def test_bad_values_that_decide_what_boots_are_errors(text: str, message: str) -> None:
     options = parse(f"ro {text} rd.shell=0")
-    assert len(options.errors) == 1 and message in options.errors[0], options.errors
-    assert options.errors[0].startswith(text.split("=")[0])
+    assert options.errors == (message,), options.errors
+    assert options.warnings == ()
     # The rest of the line still counts: the failure path needs rd.shell/rd.emergency.
     assert options.shell is False
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("rootdelay=abc", "rootdelay=abc: expected a number of seconds; ignored, rootdelay "
+                          "stays 0"),
+        ("rd.timeout=-1", "rd.timeout=-1: expected a number >= 0; ignored, rd.timeout stays 60"),
+        ("rd.timeout=nan", "rd.timeout=nan: expected a number >= 0; ignored, rd.timeout stays "
+                           "60"),
+        ("rd.emergency=explode", "rd.emergency=explode: expected one of shell, reboot, "
+                                 "poweroff, halt; ignored, rd.emergency stays shell"),
+        ("rd.break=nowhere", "rd.break=nowhere: expected one of cmdline, modules, discover, "
+                             "mount, switch_root; ignored, rd.break stays none"),
+        ("rd.shell=maybe", "rd.shell=maybe: expected 0 or 1; ignored, rd.shell stays 0"),
+        ("panic=soon", "panic=soon: expected a whole number; ignored, panic stays unset"),
+        ("rootfstype=", "rootfstype= is empty: expected a value; ignored, rootfstype stays "
+                        "unset"),
+        ("rootflags=", "rootflags= is empty: expected a value; ignored, rootflags stays "
+                       "unset"),
+        ("pyinit.log=xml", "pyinit.log=xml: expected one of pretty, json; ignored, pyinit.log "
+                           "stays pretty"),
+    ],
+)
+def test_bad_optional_values_are_warnings_and_keep_defaults(text: str, message: str) -> None:
+    options = parse(f"ro rd.shell=0 {text}")
+    assert options.errors == ()
+    assert options.warnings == (message,)
+
+
+def test_a_bad_value_keeps_the_previous_good_one() -> None:
+    options = parse("rd.timeout=5 rd.timeout=abc")
+    assert options.timeout == 5
+    assert options.warnings == ("rd.timeout=abc: expected a number of seconds; ignored, "
+                                "rd.timeout stays 5",)
+
+
+def test_storage_keys_decide_what_boots() -> None:
+    from pyinit.cmdline import deciding
+
+    for key in ("root", "init", "resume", "rd.luks", "rd.luks.uuid", "luks.name", "rd.lvm.lv",
+                "rd.md.uuid", "rd.md"):
+        assert deciding(key), key
+    for key in ("rd.timeout", "rootflags", "rd.lvmx", "luksy", "panic"):
+        assert not deciding(key), key
 
 
 def test_amend_appends_parameters_and_keeps_init_arguments() -> None:

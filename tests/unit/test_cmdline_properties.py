@@ -37,7 +37,7 @@ UNTIMED = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def semantic(options: Options) -> Options:
-    return options._replace(raw={}, params=(), errors=())
+    return options._replace(raw={}, params=(), errors=(), warnings=())
 
 
 @settings(UNTIMED, max_examples=400)
@@ -58,7 +58,7 @@ def test_never_raises_on_near_miss_lines(text: str) -> None:
 def test_round_trips_what_it_accepts(text: str) -> None:
     options = parse(text)
     again = parse(options.to_cmdline())
-    assert again.errors == ()
+    assert again.errors == () and again.warnings == ()
     assert semantic(again) == semantic(options)
 
 

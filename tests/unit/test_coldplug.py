@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyinit import discover, kmod
+from pyinit import coldplug, kmod
 from pyinit.modindex import ModuleIndex
 
 
@@ -42,7 +42,7 @@ def test_devices_a_load_adds_are_coldplugged_too(tmp_path: Path) -> None:
     add_device(tmp_path, "pci", "0000:00:00.0", "pci:v00008086d00001237")
     add_device(tmp_path, "cpu", "cpu0", None)
     loader = BusLoader(tmp_path)
-    assert discover.coldplug(loader, str(tmp_path)) == (5, 4)
+    assert coldplug.coldplug(loader, str(tmp_path)) == (5, 4)
     assert loader.loaded_here == ["virtio_pci", "virtio_blk"]
     # Each device is asked for once, the new bus after the load that made it.
     assert loader.asked == ["pci:v00008086d00001237", "pci:v00001AF4d00001001",
@@ -51,11 +51,11 @@ def test_devices_a_load_adds_are_coldplugged_too(tmp_path: Path) -> None:
 
 def test_no_sysfs_is_nothing_to_do(tmp_path: Path) -> None:
     loader = BusLoader(tmp_path)
-    assert discover.coldplug(loader, str(tmp_path / "absent")) == (0, 0)
+    assert coldplug.coldplug(loader, str(tmp_path / "absent")) == (0, 0)
     assert loader.asked == []
 
 
 def test_known_devices_are_not_read_again(tmp_path: Path) -> None:
     add_device(tmp_path, "pci", "a", "pci:one")
     add_device(tmp_path, "pci", "b", "pci:two")
-    assert discover.sysfs_modaliases(str(tmp_path), known={"pci/a"}) == {"pci/b": "pci:two"}
+    assert coldplug.sysfs_modaliases(str(tmp_path), known={"pci/a"}) == {"pci/b": "pci:two"}

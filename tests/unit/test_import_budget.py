@@ -13,11 +13,17 @@ from pyinit.builder import pyruntime
 BUDGET = json.loads((Path(__file__).parents[1] / "import_budget.json").read_text())
 REPO = str(Path(__file__).parents[2])
 
-# Imports what the init imports, as /init does (-I -S, deferral installed first), and reports
-# the modules whose code ran and those still deferred.
+# Imports what the init imports, as /init does (-I -S, deferral installed first, and the
+# optional modules the image leaves out refused, as in the image), and reports the modules
+# whose code ran and those still deferred.
 COUNT = """
 import json, sys
 sys.path[:0] = {path!r}
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {excludes!r}:
+            raise ModuleNotFoundError(name, name=name)
+sys.meta_path.insert(0, Refuse())
 from pyinit import lazyimport
 lazyimport.install()
 for name in {modules!r}:
@@ -29,7 +35,8 @@ print(json.dumps({{"ran": sorted(set(sys.modules) - set(deferred)), "deferred": 
 
 def imports_at_boot() -> dict[str, list[str]]:
     site = sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})
-    script = COUNT.format(path=[REPO, *site], modules=pyruntime.INIT_MODULES)
+    script = COUNT.format(path=[REPO, *site], modules=pyruntime.INIT_MODULES,
+                          excludes=pyruntime.EXCLUDES)
     done = subprocess.run([pyruntime.resolve_python(None), "-I", "-S", "-c", script],
                           capture_output=True, text=True, check=True)
     result: dict[str, list[str]] = json.loads(done.stdout)

@@ -7,7 +7,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+
+import pytest
 
 from pyinit import pid1, rescue
 
@@ -26,13 +29,47 @@ import json, os, signal, subprocess, time
 from pyinit import pid1
 quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
 procs = [subprocess.Popen(["sleep", "100"], **quiet) for _ in range(3)]
-# Ignores SIGTERM: only the SIGKILL after the grace period ends it.
-stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; exec sleep 100"], **quiet)
-time.sleep(0.2)
+# Ignores SIGTERM: only the SIGKILL after the grace period ends it. It says when its trap
+# is set, so the test never races it.
+r, w = os.pipe()
+stubborn = subprocess.Popen(["sh", "-c", f"trap '' TERM; echo ready >&{w}; exec sleep 100"],
+                            pass_fds=(w,), **quiet)
+os.close(w)
+assert os.read(r, 5) == b"ready"
 ended = pid1.end_children(grace=0.5)
 print(json.dumps({"ended": ended, "left": pid1.children()}))
 """)
-    assert result == {"ended": 4, "left": []}
+    assert result == {"ended": [4, []], "left": []}
+
+
+def test_end_children_gives_up_on_a_child_that_never_goes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A child stuck in the kernel (state D) outlives SIGKILL; PID 1 must not wait for ever.
+    monkeypatch.setattr(pid1, "children", lambda: [os.getpid()])
+    monkeypatch.setattr(os, "kill", lambda pid, sig: None)
+    done: list[tuple[int, list[str]]] = []
+    worker = threading.Thread(target=lambda: done.append(pid1.end_children(0.1, 0.3)),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert done, "end_children did not return within 10 s"
+    ended, stuck = done[0]
+    assert ended == 1 and len(stuck) == 1
+    assert stuck[0].startswith(f"{os.getpid()} (python") and ", state " in stuck[0]
+
+
+def test_children_start_with_default_dispositions() -> None:
+    # PID 1 drops terminal signals with a handler, not SIG_IGN: exec resets handlers, so a
+    # rescue shell or fsck can still be stopped or hung up.
+    result = in_child("""
+import json, subprocess
+from pyinit import pid1
+pid1.drop_terminal_signals()
+status = subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True).stdout
+ignored = int(next(l for l in status.splitlines() if l.startswith("SigIgn:")).split()[1], 16)
+print(json.dumps({"ignored": [s for s in pid1.TERMINAL_SIGNALS if ignored & (1 << (s - 1))]}))
+""")
+    assert result == {"ignored": []}
 
 
 def test_reap_collects_exited_children_without_blocking() -> None:
@@ -40,7 +77,15 @@ def test_reap_collects_exited_children_without_blocking() -> None:
 import json, os, time
 from pyinit import pid1
 pids = [os.fork() or os._exit(3) for _ in range(2)]
-time.sleep(0.3)
+def zombies():
+    states = []
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as fh:
+            states.append(fh.read().rsplit(")", 1)[1].split()[0])
+    return states
+deadline = time.monotonic() + 10
+while zombies() != ["Z", "Z"] and time.monotonic() < deadline:
+    time.sleep(0.01)
 reaped = pid1.reap()
 print(json.dumps({"reaped": sorted(p for p, _ in reaped) == sorted(pids),
                   "codes": [os.waitstatus_to_exitcode(s) for _, s in reaped],

@@ -84,4 +84,5 @@ def default_boot(setup: Setup) -> BootResult:
 @pytest.fixture(scope="session")
 def custom_boot(setup: Setup) -> BootResult:
     return setup.boot(f"root=UUID={setup.disk.uuid} rw init=/sbin/altinit rd.shell=0 "
-                      'rd.emergency=poweroff -- alpha "beta gamma"', "custom")
+                      "rd.emergency=poweroff single PYINIT_TEST=yes rd.timeout=abc rootflags= "
+                      '-- alpha "beta gamma"', "custom")

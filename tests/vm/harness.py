@@ -22,7 +22,7 @@ from dataclasses import dataclass
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "cat", "echo", "grep", "ls", "poweroff", "reboot", "sync", "mount", "sleep",
-           "test", "[", "readlink", "stat", "head", "tr", "env")
+           "test", "[", "readlink", "stat", "head", "tr", "env", "swapon")
 
 TEST_INIT = r"""#!/bin/sh
 # The real root's init, for tests: report what the hand-over left behind, then power off.
@@ -37,6 +37,7 @@ grep -E '^(MemTotal|MemFree|Shmem|Unevictable):' /proc/meminfo | while read -r k
   echo "MEMINFO $k $v"
 done
 while read -r name rest; do echo "MODULE $name"; done < /proc/modules
+[ -e /proc/mdstat ] && while read -r line; do echo "MDSTAT $line"; done < /proc/mdstat
 for f in /init /usr/lib/pyinit /etc/initrd-release /root/.pyenv /sysroot; do
   [ -e "$f" ] && echo "TESTINIT reachable $f"
 done

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -32,6 +33,8 @@ def test_real_init_runs_as_pid_1(default_boot: BootResult) -> None:
     assert "TESTINIT done" in default_boot.log, default_boot.log[-3000:]
     assert default_boot.lines("TESTINIT pid=") == ["1"]
     assert default_boot.lines("TESTINIT argv0=") == ["/sbin/init"]
+    assert default_boot.lines("TESTINIT argc=") == ["0"]
+    # The kernel's environment for init (HOME, TERM); SHLVL, PATH and PWD are the shell's.
     assert default_boot.lines("TESTINIT env=") == [
         "SHLVL=1 HOME=/ TERM=linux PATH=/sbin:/usr/sbin:/bin:/usr/bin PWD=/"]
 
@@ -50,8 +53,12 @@ def test_hand_over_method_matches_the_kernel(setup: Setup, default_boot: BootRes
 def test_every_stage_logs_its_duration(default_boot: BootResult) -> None:
     stages = default_boot.events("stage")
     assert [s["stage"] for s in stages] == STAGES
-    for stage in stages:
-        assert float(stage["duration"]) >= 0
+    # Each stage's duration fits between the end of the stage before and its own end (the
+    # events' t= stamps, from CLOCK_BOOTTIME): a duration measured from anything else (boot,
+    # the first stage) would not.
+    for before, stage in itertools.pairwise(stages):
+        gap = float(stage["t"]) - float(before["t"])
+        assert 0 < float(stage["duration"]) <= gap + 0.002, (before, stage)
 
 
 def test_root_found_by_uuid_and_mounted_read_only_by_default(
@@ -90,9 +97,23 @@ def test_virtio_blk_loaded_from_the_image(setup: Setup, default_boot: BootResult
 def test_rw_init_and_arguments_are_honoured(custom_boot: BootResult) -> None:
     assert "TESTINIT done" in custom_boot.log, custom_boot.log[-3000:]
     assert custom_boot.lines("TESTINIT argv0=") == ["/sbin/altinit"]
-    assert custom_boot.lines("TESTINIT args=") == ["alpha beta gamma"]
-    assert custom_boot.lines("TESTINIT argc=") == ["2"]
+    # What the kernel passed to /init: the word it did not know, then what follows "--".
+    assert custom_boot.lines("TESTINIT args=") == ["single alpha beta gamma"]
+    assert custom_boot.lines("TESTINIT argc=") == ["3"]
     assert "rw" in root_mount(custom_boot)[5].split(",")
+
+
+def test_the_kernels_environment_reaches_the_real_init(custom_boot: BootResult) -> None:
+    env = custom_boot.lines("TESTINIT env=")[0].split()
+    assert "PYINIT_TEST=yes" in env and "TERM=linux" in env and "HOME=/" in env
+
+
+def test_a_bad_optional_value_is_a_warning_not_a_failed_boot(custom_boot: BootResult) -> None:
+    warnings = [e["detail"] for e in custom_boot.events("cmdline_warning")]
+    assert warnings == ["rd.timeout=abc: expected a number of seconds; ignored, rd.timeout "
+                        "stays 60", "rootflags= is empty: expected a value; ignored, rootflags "
+                        "stays unset"]
+    assert not custom_boot.events("failure")
 
 
 @pytest.mark.parametrize("fmt", ["gzip", "xz", "lz4", "none"])

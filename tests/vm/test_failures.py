@@ -3,13 +3,20 @@ rd.emergency asks (here: power off, with the console locked by rd.shell=0)."""
 
 from __future__ import annotations
 
+import io
 import os
+import stat
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from pyinit import layout
+from pyinit.builder import cpio
 from tests.vm import harness
-from tests.vm.conftest import Setup
+from tests.vm.conftest import DRIVERS, Setup
+from tests.vm.kernels import Kernel
 
 UNATTENDED = "rd.shell=0 rd.emergency=poweroff"
 POWER_OFF_BOUND = 90.0  # wall seconds under TCG, boot included
@@ -80,9 +87,11 @@ def test_corrupted_superblock(setup: Setup, corrupt_disk: str) -> None:
 def test_init_missing_then_fallbacks_fail(setup: Setup, noinit_disk: harness.Disk) -> None:
     result = powered_off(setup, f"root=UUID={noinit_disk.uuid} init=/sbin/missing", "noinit",
                          disks=[noinit_disk.path])
-    assert ("boot failed in stage exec: no init could be executed: /sbin/missing: does not "
-            "exist; /sbin/init: not executable; /etc/init: does not exist; /bin/init: "
+    # Refused before the hand-over, while the console still has /proc, /sys and /dev.
+    assert ("boot failed in stage switch_root: no init could be executed: /sbin/missing: does "
+            "not exist; /sbin/init: not executable; /etc/init: does not exist; /bin/init: "
             "dangling symbolic link to /nowhere; /bin/sh: does not exist") in result.log
+    assert not result.events("switch_root")
 
 
 def test_init_not_executable(setup: Setup, noinit_disk: harness.Disk) -> None:
@@ -103,8 +112,10 @@ def test_bad_command_line_never_crashes(setup: Setup) -> None:
     garbage = ("x" * 900 + " rd.timeout=abc root=UUID= \u00e9\u00e8=\x7f rd.timeout=abc "
                + "y=" * 200 + ' "unbalanced')
     result = powered_off(setup, garbage, "garbage")
-    assert "boot failed in stage cmdline: rd.timeout=abc: expected a number of seconds; " \
-           "root=UUID=: expected a value after UUID=" in result.log
+    assert "boot failed in stage cmdline: root=UUID=: expected a value after UUID=\n" \
+        in result.log.replace("\r", "")
+    assert [e["detail"] for e in result.events("cmdline_warning")] == [
+        "rd.timeout=abc: expected a number of seconds; ignored, rd.timeout stays 60"] * 2
 
 
 
@@ -115,3 +126,81 @@ def test_panic_reboots_after_the_delay(setup: Setup) -> None:
     assert "pyinit: rebooting in 2 s (panic=2)" in result.log
     assert "reboot: Restarting system" in result.log
     assert "rescue console" not in result.log
+
+
+@pytest.fixture(scope="session")
+def badexec_disk(tmp_path_factory: pytest.TempPathFactory) -> harness.Disk:
+    """A root whose only init is an executable script with no interpreter: it passes the
+    checks before the hand-over, and its exec fails after it."""
+    top = tmp_path_factory.mktemp("badexec")
+    tree = top / "tree"
+    for sub in ("sbin", "etc", "dev", "proc", "sys", "run"):
+        (tree / sub).mkdir(parents=True)
+    (tree / "sbin/init").write_text("#!/nonexistent/interpreter\n")
+    os.chmod(tree / "sbin/init", 0o755)
+    (tree / "etc/os-release").write_text("ID=test\n")
+    return harness.make_ext4_disk(str(top / "badexec.img"), str(tree))
+
+
+def test_a_failed_exec_after_the_hand_over_leaves_the_root_clean(
+        setup: Setup, badexec_disk: harness.Disk) -> None:
+    result = powered_off(setup, f"root=UUID={badexec_disk.uuid} rw", "badexec",
+                         disks=[badexec_disk.path])
+    assert result.events("switch_root"), result.log[-3000:]
+    assert ("boot failed in stage exec: no init could be executed: /sbin/init: No such file "
+            "or directory") in result.log
+    # The real root was "/" when the machine powered off: remounted read-only first, so its
+    # journal is clean (no needs_recovery) and nothing was lost.
+    features = subprocess.run(["dumpe2fs", "-h", badexec_disk.path], capture_output=True,
+                              text=True, check=True).stdout
+    assert "needs_recovery" not in features, features
+
+
+def test_an_image_for_another_kernel_says_so(kernel61: Kernel, kernel7: Kernel,
+                                             tmp_path: Path) -> None:
+    image = str(tmp_path / "initrd-7.img")
+    harness.build_image(image, kernel7.moddir, kernel7.kver, DRIVERS[kernel7.name])
+    result = harness.boot(kernel61.vmlinuz, image, [], f"console=ttyS0 panic=-1 {UNATTENDED} "
+                          "root=LABEL=anything", str(tmp_path / "mismatch.log"),
+                          timeout=POWER_OFF_BOUND)
+    assert (f"boot failed in stage modules: this image was built for {kernel7.kver}, the "
+            f"kernel is {kernel61.kver}") in result.log, result.log[-3000:]
+    assert "reboot: Power down" in result.log
+
+
+def broken(image: str, path: str) -> str:
+    """IMAGE with one more archive appended that replaces PATH with garbage (the kernel
+    unpacks the archives in order; a later entry wins)."""
+    entries = [cpio.Entry(path.lstrip("/"), stat.S_IFREG | 0o644, b"not python bytecode")]
+    out = io.BytesIO()
+    cpio.write(out, entries)
+    target = image + ".broken"
+    with open(image, "rb") as src, open(target, "wb") as dst:
+        data = src.read()
+        # The kernel reads an uncompressed archive only at a 4-byte boundary.
+        dst.write(data + b"\0" * (-len(data) % 4) + out.getvalue())
+    return target
+
+
+@pytest.mark.parametrize("shell", [False, True])
+def test_a_broken_image_never_kills_init(kernel7: Kernel, tmp_path: Path, root_tree: Path,
+                                         shell: bool) -> None:
+    image = str(tmp_path / "initrd.img")
+    harness.build_image(image, kernel7.moddir, kernel7.kver, DRIVERS[kernel7.name],
+                        extra=["--include", "/bin/busybox", "/bin/busybox"] if shell else [])
+    bad = broken(image, f"{layout.SITE}/pyinit/init.pyc")
+    vm = harness.InteractiveVM(kernel7.vmlinuz, bad, [], "console=ttyS0 panic=-1",
+                               str(tmp_path))
+    try:
+        vm.expect(r"pyinit: cannot start: \w+Error: .*the image is broken, rebuild it")
+        if shell:
+            vm.expect(r"pyinit: starting /bin/busybox")
+            vm.send("echo alive-$((6*7))\n")
+            vm.expect(r"alive-42")
+        else:
+            vm.expect(r"pyinit: no shell in the image; waiting")
+            time.sleep(3)
+        assert "Kernel panic" not in vm.log and "Attempted to kill init" not in vm.log
+        assert vm.proc.poll() is None  # still running: -no-reboot would have ended it
+    finally:
+        vm.stop()

@@ -1,0 +1,181 @@
+"""Storage stacks between the disks and the root filesystem: LUKS, LVM, mdraid, btrfs.
+
+Each stack is one module with a build half (``NEEDS``, and what it reads from the build
+host: what the image must carry) and a boot half (``Handler``: what the init does with each
+device of its type). The image lists the stacks it carries in STACKS_FILE; a plain-root
+boot reads that file, finds none, and imports none of them.
+
+At boot the assembly loop (pyinit.assemble) offers every probed block device to the
+handler for its type; a handler that unlocks, activates or assembles something creates a
+new dm or md device, which comes round the same loop. So any stacking order works.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+from pyinit import command, layout, udevd
+
+if TYPE_CHECKING:
+    from pyinit.blockdev import BlockDevice
+    from pyinit.cmdline import Options
+    from pyinit.kmod import Loader
+
+STACKS = ("luks", "lvm", "mdraid", "btrfs")
+STACKS_FILE = layout.STORAGE_FILE  # written by the builder, read by stages.storage_stacks
+TOOL_TIMEOUT = 600.0  # an argon2 keyslot under emulation, a large volume group
+PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class StorageError(RuntimeError):
+    """A stack could not be brought up; the message names the device and what to do."""
+
+
+class Needs(NamedTuple):
+    """The build half of a stack: what an image that carries it needs from the host."""
+
+    tools: tuple[str, ...] = ()  # programs, with their shared libraries
+    libraries: tuple[str, ...] = ()  # sonames a program opens with dlopen (no DT_NEEDED)
+    modules: tuple[str, ...] = ()  # kernel modules (names or aliases) it always needs
+    optional_modules: tuple[str, ...] = ()  # taken where the kernel has them as modules
+    udev_rules: tuple[str, ...] = ()  # host rules, carried when the image carries udevd
+    python: tuple[str, ...] = ()  # the init's modules it imports (for the image's probe)
+    dirs: tuple[str, ...] = ()  # directories its tools expect
+
+
+def stack_module(name: str) -> StackModule:
+    module: StackModule = importlib.import_module(f"pyinit.storage.{name}")
+    return module
+
+
+class Env:
+    """What a handler may use at boot: the options, the module loader, the log, and the
+    tools, run with udevd when the image starts it for storage (so that a systemd root
+    finds the dm and md devices' udev database), and without udev sync otherwise."""
+
+    def __init__(self, options: Options, loader: Loader, emit: Callable[..., None],
+                 warn: Callable[..., None]) -> None:
+        self.options = options
+        self.loader = loader
+        self.emit = emit
+        self.warn = warn
+
+    @property
+    def udev_running(self) -> bool:
+        return udevd.Udevd.running() is not None
+
+    def before_activation(self) -> None:
+        """Start udevd (once) before the first dm or md device, where the image asks."""
+        if self.udev_running or udevd.mode() != "storage":
+            return
+        import time
+
+        started = time.monotonic()
+        udev = udevd.Udevd.start()
+        self.emit("udevd_started", pid=udev.process.pid, reason="storage",
+                  duration=round(time.monotonic() - started, 3))
+
+    def load_modules(self, needs: Needs, reason: str) -> None:
+        """The stack's kernel modules, before its first device: the kernel's own requests
+        (crypto algorithms, dm targets) would call a /sbin/modprobe the image lacks."""
+        from pyinit.kmod import ModuleError
+
+        for name in needs.modules:
+            try:
+                self.loader.load(name, reason)
+            except ModuleError as err:
+                raise StorageError(f"{reason}: {err.strerror}") from err
+        for name in needs.optional_modules:
+            if self.loader.index.resolve(name) in self.loader.index.paths:
+                try:
+                    self.loader.load(name, reason)
+                except ModuleError as err:
+                    self.warn("module_failed", module=name, error=err.strerror)
+
+    def run(self, argv: Sequence[str], *, input: bytes | None = None,
+            check: bool = True, timeout: float = TOOL_TIMEOUT,
+            extra_env: Mapping[str, str] | None = None) -> command.Done:
+        env = {"PATH": PATH, **(extra_env or {})}
+        if not self.udev_running:
+            env["DM_DISABLE_UDEV"] = "1"  # libdevmapper makes the /dev/mapper nodes itself
+        return command.run(argv, timeout, input=input, env=env, check=check)
+
+
+class Handler(Protocol):
+    """The boot half of a stack."""
+
+    types: tuple[str, ...]  # the ID_FS_TYPE values it takes
+
+    def offer(self, dev: BlockDevice) -> bool:
+        """A new or changed device of one of TYPES; True when something was created."""
+
+    def degrade(self) -> bool:
+        """Called once at 2/3 of rd.timeout: start what can run incomplete."""
+
+    def ready(self, dev: BlockDevice) -> bool:
+        """Whether DEV (matched by root=) can be used now."""
+
+    def picture(self) -> list[str]:
+        """What it is still waiting for, for the message when time is up."""
+
+
+class StackModule(Protocol):
+    NEEDS: Needs
+
+    def check_cmdline(self, params: Sequence[str]) -> list[str]: ...
+
+    def handler(self, env: Env) -> Handler: ...
+
+
+def cmdline_errors(options: Options, stacks: Sequence[str]) -> list[str]:
+    """Bad values of the carried stacks' command-line keys (they decide what boots)."""
+    errors: list[str] = []
+    for name in stacks:
+        errors += stack_module(name).check_cmdline(options.params)
+    return errors
+
+
+def handlers(env: Env, stacks: Sequence[str]) -> list[Handler]:
+    return [stack_module(name).handler(env) for name in stacks]
+
+
+def auto(params: Sequence[str]) -> bool:
+    """rd.auto (dracut's name): bring up every stack found, named or not."""
+    return any(p in ("rd.auto", "rd.auto=1") for p in params)
+
+
+def values(params: Sequence[str], *keys: str) -> list[str]:
+    """Every value given to one of KEYS, in command-line order."""
+    found = []
+    for param in params:
+        key, sep, value = param.partition("=")
+        if sep and key in keys:
+            found.append(value)
+    return found
+
+
+def flag(params: Sequence[str], *keys: str) -> bool | None:
+    """The last boolean given to one of KEYS (rd.luks=0...), None when not given."""
+    result = None
+    for param in params:
+        key, sep, value = param.partition("=")
+        if key in keys:
+            result = not sep or value not in ("0", "no", "false", "off", "n")
+    return result
+
+
+def mem_available_kib(meminfo: str = "/proc/meminfo") -> int:
+    with open(meminfo, encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1])
+    raise StorageError(f"{meminfo}: expected a MemAvailable line, found none")
+
+
+def run_dir(*dirs: str) -> None:
+    for directory in dirs:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+

@@ -1,0 +1,229 @@
+"""LVM: activate the logical volumes the boot needs, once their volume group is complete.
+
+Which volumes: ``rd.lvm.lv=VG/LV`` and ``rd.lvm.vg=VG`` (dracut's names), and what root=
+and resume= name (``/dev/mapper/VG-LV``, hyphens in names doubled as in ``debian--vg-root``,
+or ``/dev/VG/LV``). When nothing names a volume (``root=UUID=`` on a generic image), or with
+``rd.auto``, every complete volume group is activated; ``rd.lvm=0`` turns LVM off.
+
+How: the lvm program, once per new physical volume: one report of the volume groups it
+can see (complete or not, their volumes and segment types), then ``lvchange``/``vgchange
+-aay --sysinit`` for what is wanted and complete. The device-mapper targets the segment
+types need are loaded first (the kernel would ask a /sbin/modprobe the image lacks). At
+2/3 of rd.timeout, wanted groups that are still incomplete are activated in degraded mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from pyinit import command
+from pyinit.rootspec import RootSpec
+from pyinit.storage import Env, Needs, StorageError, auto, flag
+from pyinit.storage import values as cmdline_values
+
+if TYPE_CHECKING:
+    from pyinit.blockdev import BlockDevice
+
+LVM = "/sbin/lvm"
+LVM_CONF = "/etc/lvm/lvm.conf"
+RUN = "/run/lvm"
+# The image's lvm.conf: no udev database to read, no devices file, no daemons, no
+# monitoring, no metadata backups on a root that is not mounted yet.
+LVM_CONF_TEXT = """\
+# lvm.conf for the initramfs, written by pyinit's builder
+devices {
+    obtain_device_list_from_udev = 0
+    external_device_info_source = "none"
+    use_devicesfile = 0
+}
+global {
+    use_lvmpolld = 0
+    event_activation = 0
+    thin_check_executable = ""
+    cache_check_executable = ""
+}
+activation {
+    monitoring = 0
+}
+backup {
+    backup = 0
+    archive = 0
+}
+log {
+    syslog = 0
+}
+"""
+NEEDS = Needs(
+    tools=(LVM,),
+    modules=("dm_mod",),
+    optional_modules=(),  # targets are loaded by segment type, see TARGETS
+    udev_rules=("55-dm.rules", "56-lvm.rules", "60-persistent-storage-dm.rules",
+                "95-dm-notify.rules"),
+    python=("pyinit.storage.lvm",),
+    dirs=(RUN,),
+)
+# Segment types and the device-mapper target modules they need.
+TARGETS = {"thin": ("dm_thin_pool",), "thin-pool": ("dm_thin_pool",), "raid1": ("dm_raid",),
+           "raid4": ("dm_raid",), "raid5": ("dm_raid",), "raid6": ("dm_raid",),
+           "raid10": ("dm_raid",), "mirror": ("dm_mirror",), "snapshot": ("dm_snapshot",),
+           "cache": ("dm_cache",), "cache-pool": ("dm_cache",), "writecache": ("dm_writecache",),
+           "integrity": ("dm_integrity",), "vdo": ("dm_vdo",)}
+NOT_VG_DIRS = ("mapper", "disk", "md", "block", "char", "bus", "input", "net", "pts", "shm",
+               "snd", "dri", "cpu", "fd", "vfio")
+
+
+def split_mapper_name(name: str) -> tuple[str, str] | None:
+    """/dev/mapper/ names: VG-LV with every hyphen inside a name doubled."""
+    marked = name.replace("--", "\0")
+    vg, sep, lv = marked.partition("-")
+    if not sep or not vg or not lv or "-" in lv.replace("\0", ""):
+        return None
+    return vg.replace("\0", "-"), lv.replace("\0", "-")
+
+
+def volume_of(spec: RootSpec | None) -> tuple[str, str] | None:
+    """The VG/LV a root= or resume= path names, if it names one."""
+    if spec is None or spec.kind != "path":
+        return None
+    if spec.value.startswith("/dev/mapper/"):
+        return split_mapper_name(spec.value[len("/dev/mapper/"):])
+    parts = spec.value.split("/")
+    if len(parts) == 4 and parts[1] == "dev" and parts[2] not in NOT_VG_DIRS and parts[3]:
+        return parts[2], parts[3]
+    return None
+
+
+class Wanted:
+    """What the command line asks for."""
+
+    def __init__(self, params: Sequence[str], specs: Sequence[RootSpec | None]) -> None:
+        self.errors: list[str] = []
+        self.enabled = flag(params, "rd.lvm") is not False
+        self.vgs = set(cmdline_values(params, "rd.lvm.vg"))
+        self.lvs: set[tuple[str, str]] = set()
+        for value in cmdline_values(params, "rd.lvm.lv"):
+            vg, sep, lv = value.partition("/")
+            if not sep or not vg or not lv or "/" in lv:
+                self.errors.append(f"rd.lvm.lv={value}: expected VG/LV")
+            else:
+                self.lvs.add((vg, lv))
+        for spec in specs:
+            named = volume_of(spec)
+            if named:
+                self.lvs.add(named)
+        self.auto = auto(params) or not (self.vgs or self.lvs)
+
+    def targets(self, vg: str, lvs: Sequence[str]) -> list[str]:
+        """What to activate in VG: the whole group, or the wanted volumes in it."""
+        if vg in self.vgs or self.auto:
+            return [vg]
+        return [f"{vg}/{lv}" for (group, lv) in sorted(self.lvs) if group == vg]
+
+
+def check_cmdline(params: Sequence[str]) -> list[str]:
+    return Wanted(params, []).errors
+
+
+class Group:
+    """One volume group as the lvm report shows it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.missing = 0
+        self.lvs: dict[str, str] = {}  # LV name -> segment type
+
+
+class Lvm:
+    types = ("LVM2_member",)
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        options = env.options
+        self.wanted = Wanted(options.params, [options.root, options.resume])
+        if self.wanted.errors:
+            raise StorageError("; ".join(self.wanted.errors))
+        self.pvs: dict[str, BlockDevice] = {}
+        self.groups: dict[str, Group] = {}
+        self.done: set[str] = set()
+
+    def lvm(self, *args: str, check: bool = True) -> command.Done:
+        udev = int(self.env.udev_running)
+        config = (f"activation {{ udev_sync = {udev} udev_rules = {udev} }} "
+                  "devices { obtain_device_list_from_udev = 0 }")
+        return self.env.run([LVM, *args, "--config", config], check=check)
+
+    def report(self) -> dict[str, Group]:
+        done = self.lvm("lvs", "--all", "--noheadings", "--nosuffix", "--separator", "|",
+                        "-o", "vg_name,lv_name,segtype,vg_missing_pv_count", check=False)
+        groups: dict[str, Group] = {}
+        for line in done.stdout.decode(errors="replace").splitlines():
+            fields = [f.strip() for f in line.split("|")]
+            if len(fields) != 4 or not fields[0]:
+                continue
+            group = groups.setdefault(fields[0], Group(fields[0]))
+            group.missing = int(fields[3]) if fields[3].isdigit() else 0
+            if fields[1] and not fields[1].startswith("["):  # hidden sub-volumes: [x_tdata]
+                group.lvs[fields[1]] = fields[2]
+            for module in TARGETS.get(fields[2], ()):
+                self.env.load_modules(Needs(modules=(module,)), f"LVM {fields[2]} volumes")
+        if done.status != 0 and not groups:
+            raise StorageError(f"lvm lvs {command.describe_status(done.status)}: "
+                               f"{done.last_line()}")
+        return groups
+
+    def offer(self, dev: BlockDevice) -> bool:
+        if not self.wanted.enabled:
+            return False
+        self.pvs[dev.node] = dev
+        return self.activate(degraded=False)
+
+    def activate(self, degraded: bool) -> bool:
+        self.env.load_modules(NEEDS, "LVM")
+        self.groups = self.report()
+        acted = False
+        for vg, group in sorted(self.groups.items()):
+            for target in self.wanted.targets(vg, list(group.lvs)):
+                if target in self.done or (group.missing and not degraded):
+                    continue
+                lv = target.partition("/")[2]
+                if lv and lv not in group.lvs:
+                    raise StorageError(f"rd.lvm.lv={target}: volume group {vg} has no logical "
+                                       f"volume {lv} (it has: {', '.join(group.lvs) or 'none'})")
+                self.env.before_activation()
+                mode = ["--activationmode", "degraded"] if group.missing else []
+                verb = "lvchange" if lv else "vgchange"
+                self.lvm(verb, "-aay", "--sysinit", *mode, target)
+                self.done.add(target)
+                self.env.emit("lvm_activated", target=target, degraded=bool(group.missing))
+                acted = True
+        return acted
+
+    def degrade(self) -> bool:
+        if not self.pvs:
+            return False
+        acted = self.activate(degraded=True)
+        for vg, group in self.groups.items():
+            if group.missing and any(t in self.done for t in self.wanted.targets(vg, [])):
+                self.env.warn("lvm_degraded", vg=vg, missing_pvs=group.missing)
+        return acted
+
+    def ready(self, dev: BlockDevice) -> bool:
+        return True
+
+    def picture(self) -> list[str]:
+        lines = []
+        incomplete = [f"{g.name} ({g.missing} physical volumes missing)"
+                      for g in self.groups.values() if g.missing]
+        if incomplete:
+            lines.append("volume groups incomplete: " + ", ".join(incomplete))
+        named = self.wanted.vgs | {vg for vg, _ in self.wanted.lvs}
+        unseen = sorted(named - set(self.groups))
+        if unseen:
+            lines.append("volume groups named but not found: " + ", ".join(unseen)
+                         + f" (found: {', '.join(sorted(self.groups)) or 'none'})")
+        return lines
+
+
+def handler(env: Env) -> Lvm:
+    return Lvm(env)

@@ -1,0 +1,175 @@
+"""The storage stacks' boot halves, where no kernel is needed: LUKS headers, crypttab and the
+command line, LVM names, mdadm's report, and the passphrase prompt on a pseudo-terminal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from pyinit import prompt
+from pyinit.rootspec import RootSpec
+from pyinit.storage import StorageError, flag, luks, lvm, mdraid
+
+
+def luks_image(path: Path, version: int, memory_kib: int = 32768) -> Path:
+    with open(path, "wb") as fh:
+        fh.truncate(20 << 20)
+    argv = ["cryptsetup", "luksFormat", "--batch-mode", "--type", f"luks{version}", str(path),
+            "-"]
+    if version == 2:
+        argv[3:3] = ["--pbkdf", "argon2id", "--pbkdf-memory", str(memory_kib),
+                     "--pbkdf-force-iterations", "4"]
+    else:
+        argv[3:3] = ["--pbkdf-force-iterations", "1000"]
+    subprocess.run(argv, input=b"secret", check=True, capture_output=True)
+    return path
+
+
+def test_luks2_keyslots_tell_their_argon2_memory(tmp_path: Path) -> None:
+    image = luks_image(tmp_path / "l2.img", 2, 65536)
+    version, slots = luks.keyslots(luks.read_header(str(image)))
+    assert version == 2
+    assert slots[0] == luks.Keyslot(0, "argon2id", 65536)
+
+
+def test_luks1_keyslots_are_pbkdf2(tmp_path: Path) -> None:
+    version, slots = luks.keyslots(luks.read_header(str(luks_image(tmp_path / "l1.img", 1))))
+    assert (version, slots) == (1, [luks.Keyslot(0, "pbkdf2", 0)])
+
+
+def test_a_damaged_header_is_named(tmp_path: Path) -> None:
+    image = luks_image(tmp_path / "d.img", 2)
+    data = bytearray(luks.read_header(str(image)))
+    data[4096:4200] = b"\0" * 104  # the JSON metadata
+    with pytest.raises(StorageError, match="damaged LUKS2 metadata"):
+        luks.keyslots(bytes(data))
+    with pytest.raises(StorageError, match=r"no LUKS header"):
+        luks.keyslots(b"\0" * 8192)
+
+
+def test_a_keyslot_too_big_for_memory_says_what_to_do() -> None:
+    slots = [luks.Keyslot(0, "argon2id", 1048576), luks.Keyslot(1, "argon2id", 2097152)]
+    with pytest.raises(StorageError) as err:
+        luks.usable_slots("/dev/vda2", slots, 400000)
+    assert str(err.value) == (
+        "/dev/vda2: LUKS keyslot 0 needs 1048576 KiB of memory for argon2id, and 400000 KiB "
+        "are available (no keyslot fits): boot with more memory, or add a keyslot made for "
+        "less (cryptsetup luksAddKey --pbkdf-memory 200000 /dev/vda2)")
+    small = luks.Keyslot(2, "argon2id", 32768)
+    assert luks.usable_slots("/dev/vda2", [*slots, small], 400000) == [small]
+
+
+def test_systemd_command_line_grammar() -> None:
+    uuid = "0123abcd-0000-4000-8000-000000000001"
+    other = "0123abcd-0000-4000-8000-000000000002"
+    volumes, errors, settings = luks.from_cmdline([
+        f"rd.luks.uuid=luks-{uuid}", f"rd.luks.name={other}=cryptroot",
+        f"rd.luks.options={other}=discard,tries=5", "rd.luks.options=timeout=30",
+        f"luks.key={other}=/etc/keys/root.key"])
+    assert errors == [] and settings == {"enabled": True, "crypttab": True, "auto": False}
+    assert [(v.spec, v.name, v.key, v.options, v.named) for v in volumes] == [
+        (RootSpec("uuid", uuid), f"luks-{uuid}", None, {"timeout": "30"}, True),
+        (RootSpec("uuid", other), "cryptroot", "/etc/keys/root.key",
+         {"timeout": "30", "discard": "", "tries": "5"}, True)]
+    assert luks.from_cmdline(["rd.luks=0", "luks.crypttab=no"])[2]["enabled"] is False
+    bad = luks.check_cmdline(["rd.luks.name=cryptroot", "rd.luks.key=relative/key",
+                              f"rd.luks.key={uuid}=/k:UUID=abc",
+                              f"rd.luks.options={uuid}=tries=x,bogus"])
+    assert bad == [
+        "rd.luks.name=cryptroot: expected UUID=NAME",
+        "rd.luks.key=relative/key: expected [UUID=]/PATH",
+        f"rd.luks.key={uuid}=/k:UUID=abc: a key on another device (UUID=abc) is not "
+        "supported: put the key in the image (mkinitramfs.py --luks-key /k)",
+        f"rd.luks.options for luks-{uuid}: tries=x: expected a whole number",
+        f"rd.luks.options for luks-{uuid}: bogus: expected one of luks, discard, tries, "
+        "header, keyfile-offset, keyfile-size, noauto, nofail, initramfs, x-initrd.attach, "
+        "timeout, readonly, read-only, keyfile-timeout, x-systemd.device-timeout, _netdev"]
+
+
+def test_crypttab_as_debian_writes_it() -> None:
+    volumes, errors = luks.parse_crypttab(
+        "# <target name> <source device> <key file> <options>\n"
+        "vda5_crypt UUID=0123abcd-0000-4000-8000-00000000000a none luks,discard\n"
+        "data /dev/vdb /etc/keys/data.key luks,noauto,keyfile-size=64\n"
+        "broken\n"
+        "plainswap /dev/vdc /dev/urandom plain,swap\n")
+    assert [(v.spec, v.name, v.key, v.options) for v in volumes] == [
+        (RootSpec("uuid", "0123abcd-0000-4000-8000-00000000000a"), "vda5_crypt", None,
+         {"luks": "", "discard": ""}),
+        (RootSpec("path", "/dev/vdb"), "data", "/etc/keys/data.key",
+         {"luks": "", "noauto": "", "keyfile-size": "64"})]
+    assert errors == ["/etc/crypttab line 4: expected NAME SOURCE [KEY [OPTIONS]], found "
+                      "'broken'",
+                      "/etc/crypttab line 5: plainswap: only LUKS volumes are supported"]
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/dev/mapper/debian--vg-root", ("debian-vg", "root")),
+    ("/dev/mapper/vg-swap_1", ("vg", "swap_1")),
+    ("/dev/mapper/a--b-c--d", ("a-b", "c-d")),
+    ("/dev/debian-vg/root", ("debian-vg", "root")),
+    ("/dev/mapper/luks-abc", ("luks", "abc")),
+    ("/dev/mapper/cryptroot", None),
+    ("/dev/disk/by-uuid/x", None),
+    ("/dev/vda1", None),
+])
+def test_lvm_names_from_root(path: str, expected: tuple[str, str] | None) -> None:
+    assert lvm.volume_of(RootSpec("path", path)) == expected
+
+
+def test_lvm_activates_what_is_named_or_everything() -> None:
+    named = lvm.Wanted(["rd.lvm.lv=vg0/data", "rd.lvm.vg=other"],
+                       [RootSpec("path", "/dev/mapper/debian--vg-root"), None])
+    assert not named.auto and named.errors == []
+    assert named.targets("debian-vg", ["root", "swap_1"]) == ["debian-vg/root"]
+    assert named.targets("other", ["x"]) == ["other"]
+    assert named.targets("vg0", ["data"]) == ["vg0/data"]
+    assert named.targets("unrelated", ["x"]) == []
+    everything = lvm.Wanted([], [RootSpec("uuid", "abc")])
+    assert everything.auto and everything.targets("unrelated", ["x"]) == ["unrelated"]
+    assert lvm.check_cmdline(["rd.lvm.lv=justvg"]) == ["rd.lvm.lv=justvg: expected VG/LV"]
+    assert flag(["rd.lvm=0"], "rd.lvm") is False and flag([], "rd.lvm") is None
+
+
+def test_mdadm_uuids_and_export() -> None:
+    assert mdraid.norm_uuid("a1b2c3d4:e5f60718:293a4b5c:6d7e8f90") == \
+        mdraid.norm_uuid("A1B2C3D4-E5F6-0718-293A-4B5C6D7E8F90")
+    assert mdraid.export(b"MD_DEVICE=md127\nMD_STARTED=unsafe\nnoise\n") == {
+        "MD_DEVICE": "md127", "MD_STARTED": "unsafe"}
+    assert mdraid.check_cmdline(["rd.md.uuid=xyz"]) == [
+        "rd.md.uuid=xyz: expected the array's UUID (32 hex digits)"]
+
+
+def test_the_passphrase_prompt_asks_everywhere_without_echo() -> None:
+    consoles = [os.openpty(), os.openpty()]
+    names = [os.ttyname(slave) for _, slave in consoles]
+    answer: list[str] = []
+    asker = threading.Thread(target=lambda: answer.append(
+        prompt.ask_secret("Passphrase for /dev/vda2", names, timeout=20)))
+    asker.start()
+    for master, _ in consoles:  # the question shows on both
+        seen = b""
+        while b"Passphrase for /dev/vda2: " not in seen:
+            seen += os.read(master, 100)
+    os.write(consoles[1][0], b"hunter2\n")
+    asker.join(timeout=20)
+    assert answer == ["hunter2"]
+    echoed = os.read(consoles[1][0], 100)
+    assert b"hunter2" not in echoed  # echo was off while it was typed
+    for master, slave in consoles:
+        os.close(master)
+        os.close(slave)
+
+
+def test_the_prompt_gives_up_when_nobody_answers() -> None:
+    master, slave = os.openpty()
+    with pytest.raises(prompt.PromptError, match=r"nobody answered within 0\.3 s"):
+        prompt.ask_secret("Passphrase", [os.ttyname(slave)], timeout=0.3)
+    with pytest.raises(prompt.PromptError, match="no console to ask on"):
+        prompt.ask_secret("Passphrase", ["/nonexistent/tty"], timeout=0.3)
+    os.close(master)
+    os.close(slave)
