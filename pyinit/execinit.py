@@ -68,17 +68,59 @@ def choose(requested: str | None, root: str = "/") -> list[tuple[str, str | None
     return found
 
 
+def is_systemd(path: str, root: str = "/") -> bool:
+    """Whether the init at PATH (in ROOT) is systemd (/sbin/init links to it)."""
+    target = resolve_in(root, path)
+    return target is not None and os.path.basename(target) == "systemd"
+
+
+SYSTEMD_MIN = 240  # the oldest systemd handed pyinit's initrd timestamp (tested with 252)
+
+
+def systemd_version(root: str = "/") -> int | None:
+    """systemd's version, from its shared library's name (libsystemd-shared-252.so): no
+    need to run it."""
+    for directory in ("usr/lib/systemd", "lib/systemd", "usr/lib64/systemd"):
+        try:
+            names = os.listdir(os.path.join(root, directory))
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith("libsystemd-shared-") and ".so" in name:
+                digits = name[len("libsystemd-shared-"):].split(".")[0].split("-")[0]
+                if digits.isdigit():
+                    return int(digits)
+    return None
+
+
+def initrd_timestamp(started: tuple[int, int]) -> int:
+    """A descriptor systemd deserializes (--deserialize FD): when the initrd started
+    (realtime and monotonic, in microseconds), so systemd-analyze shows the initrd's time.
+    systemd dropped RD_TIMESTAMP; this is how it learns the time now."""
+    fd = os.memfd_create("pyinit-initrd-timestamp", 0)
+    os.write(fd, f"initrd-timestamp={started[0]} {started[1]}\n".encode())
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.set_inheritable(fd, True)
+    return fd
+
+
 def no_init(tried: list[str]) -> ExecError:
     return ExecError(errno.ENOENT, "no init could be executed: " + "; ".join(tried))
 
 
-def exec_init(requested: str | None, args: tuple[str, ...], env: Mapping[str, str]) -> None:
-    """execve the first candidate that runs; raises ExecError listing what was tried."""
+def exec_init(requested: str | None, args: tuple[str, ...], env: Mapping[str, str],
+              started: tuple[int, int] | None = None) -> None:
+    """execve the first candidate that runs; raises ExecError listing what was tried.
+    A systemd init also gets the initrd's start (STARTED) as a switched-root state."""
     tried = []
     for path, problem in choose(requested):
         if problem is None:
+            argv = [path, *args]
+            if started and is_systemd(path) and (systemd_version() or 0) >= SYSTEMD_MIN:
+                fd = initrd_timestamp(started)
+                argv = [path, "--switched-root", "--system", "--deserialize", str(fd), *args]
             try:
-                os.execve(path, [path, *args], dict(env))
+                os.execve(path, argv, dict(env))
             except OSError as err:
                 problem = err.strerror
         tried.append(f"{path}: {problem}")

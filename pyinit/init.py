@@ -26,7 +26,9 @@ def early_mounts() -> None:
         ("sysfs", "/sys", "sysfs", syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC,
          None),
         ("devtmpfs", "/dev", "devtmpfs", syscalls.MS_NOSUID, "mode=0755"),
-        ("tmpfs", "/run", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=0755"),
+        # As systemd's initrd interface asks; the hand-over moves it into the real root.
+        ("tmpfs", "/run", "tmpfs",
+         syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_STRICTATIME, "mode=0755"),
     )
     for source, target, fstype, flags, data in table:
         os.makedirs(target, exist_ok=True)
@@ -51,6 +53,21 @@ def reopen_console() -> None:
 DEFAULTS = layout.DEFAULT_CMDLINE
 
 
+def process_start() -> tuple[int, int]:
+    """When the kernel started /init (realtime and monotonic, microseconds): systemd shows
+    the initrd's time from it. /proc/self/stat's start time counts clock ticks from boot."""
+    now_mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    now_real = time.clock_gettime_ns(time.CLOCK_REALTIME) // 1000
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            ticks = int(fh.read().rsplit(b")", 1)[1].split()[19])
+        start_mono = ticks * 1_000_000 // os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        start_mono = now_mono
+    start_mono = min(start_mono, now_mono)
+    return now_real - (now_mono - start_mono), start_mono
+
+
 def read_cmdline(init_args: tuple[str, ...]) -> Options:
     """/proc/cmdline over the image's defaults. INIT_ARGS are the arguments the kernel
     passed to /init (what it did not know, and everything after "--"): the real init's."""
@@ -70,6 +87,7 @@ class Boot:
 
     def __init__(self) -> None:
         self.options = Options()
+        self.started = (0, 0)  # set by run() once /proc is there
 
     def stage(self, name: str, run: Callable[[], T]) -> T:
         if name in self.options.breaks:
@@ -104,6 +122,9 @@ class Boot:
 
     def run(self) -> NoReturn:
         early_mounts()
+        self.started = process_start()
+        log.unthrottle_kmsg()
+        log.use_file(layout.LOG_FILE)
         log.configure()
         pid1.take_over(rescue.ctrl_alt_del)
         try:
@@ -130,7 +151,7 @@ class Boot:
         deferred = lazyimport.pending()
         log.get().info("switch_root", method=method, deleted=removed, init=init,
                        modules=len(sys.modules) - len(deferred), deferred=",".join(deferred))
-        self.stage("exec", lambda: stages.exec_init(self.options))
+        self.stage("exec", lambda: stages.exec_init(self.options, self.started))
         raise AssertionError("exec_init returned")
 
 

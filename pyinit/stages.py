@@ -135,11 +135,16 @@ def hand_over(options: Options, hotplug: Hotplug, new_root: str) -> tuple[str, i
     return method, removed, init
 
 
-def exec_init(options: Options) -> None:
-    """Hand the machine to the real init; returns only by raising (nothing could run)."""
+def exec_init(options: Options, started: tuple[int, int]) -> None:
+    """Hand the machine to the real init; returns only by raising (nothing could run).
+    STARTED: when the init started (realtime and monotonic microseconds), for systemd."""
     log.close()  # hand_back closes every descriptor above 2
     ended, stuck = pid1.hand_back()
     log.configure(options.log_format, options.quiet)
     if ended:
         log.get().warning("children_ended", count=ended, stuck=",".join(stuck) or "none")
-    execinit.exec_init(options.init, options.init_args, os.environ)
+    log.restore_kmsg()
+    try:
+        execinit.exec_init(options.init, options.init_args, os.environ, started)
+    finally:
+        log.unthrottle_kmsg()  # still ours: the failure path logs

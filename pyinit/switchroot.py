@@ -33,12 +33,6 @@ def make_private(path: str = "/") -> None:
     syscalls.mount(None, path, None, syscalls.MS_REC | syscalls.MS_PRIVATE)
 
 
-def is_systemd(root: str, init: str) -> bool:
-    """Whether INIT in ROOT is systemd (/sbin/init is a link to it on systemd systems)."""
-    path = execinit.resolve_in(root, init)
-    return path is not None and os.path.basename(path) == "systemd"
-
-
 def check(new_root: str, requested: str | None, warn: Callable[..., None]) -> str:
     """Refuse, before anything changes, a hand-over that cannot work: / must be the
     initramfs (ramfs or tmpfs: never empty a real root), NEW_ROOT a mount point holding an
@@ -58,7 +52,7 @@ def check(new_root: str, requested: str | None, warn: Callable[..., None]) -> st
     if not any(os.path.isfile(os.path.join(new_root, p)) for p in OS_RELEASE):
         text = (f"Specified switch root path '{new_root}' does not seem to be an OS tree. "
                 "os-release file is missing.")
-        if is_systemd(new_root, init):
+        if execinit.is_systemd(init, new_root):
             raise HandOverError(errno.ENOENT, text)  # systemd's own words for it
         warn("not_an_os_tree", root=new_root, init=init, reason=text)
     return init
