@@ -25,6 +25,7 @@ from pyinit.builder import (
     config,
     cpio,
     elfdeps,
+    extract,
     image,
     kmodules,
     pyruntime,
@@ -61,7 +62,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         default=None, help="do not prepend the host's CPU microcode")
     parser.add_argument("--no-cache", dest="cache", action="store_false",
                         help="rebuild the Python runtime part instead of reusing it")
-    parser.add_argument("--force", action="store_true", help="replace an existing image")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing image; --extract into a non-empty DIR")
     parser.add_argument("--list", metavar="IMAGE", help="print the contents of an image")
     parser.add_argument("--extract", nargs=2, metavar=("IMAGE", "DIR"),
                         help="unpack an image into a directory")
@@ -98,9 +100,14 @@ def config_from(args: argparse.Namespace) -> Config:
 def read_image(path: str) -> bytes:
     try:
         with open(path, "rb") as fh:
-            return fh.read()
+            data = fh.read()
     except OSError as err:
         raise BuildError(f"{path}: expected a readable image, found: {err.strerror}") from err
+    if not data.strip(b"\0"):
+        found = f"{len(data)} zero bytes" if data else "an empty file"
+        raise BuildError(f"{path}: not an image: expected a newc cpio archive (plain or "
+                         f"compressed), found {found}")
+    return data
 
 
 def summary(cfg: Config, result: Result, seconds: float) -> str:
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(archive.list_lines(read_image(args.list))))
             return 0
         if args.extract:
-            count = archive.extract(read_image(args.extract[0]), args.extract[1])
+            count = extract.extract(read_image(args.extract[0]), args.extract[1], args.force)
             print(f"{args.extract[1]}: {count} entries")
             return 0
         cfg = config_from(args)

@@ -102,8 +102,7 @@ def test_hard_links_share_one_inode_and_one_copy_of_the_data(tmp_path: Path) -> 
 
 
 def test_hard_links_from_the_host_and_extract(tmp_path: Path) -> None:
-    from pyinit.builder import archive as images
-    from pyinit.builder import image
+    from pyinit.builder import extract, image
 
     src = tmp_path / "src"
     src.mkdir()
@@ -114,6 +113,6 @@ def test_hard_links_from_the_host_and_extract(tmp_path: Path) -> None:
     img.add_host_file(str(src / "b"), "/t/b")
     assert img.unpacked_size() == 50
     out = tmp_path / "out"
-    assert images.extract(img.archive(), str(out)) == 3
+    assert extract.extract(img.archive(), str(out)) == 3
     assert (out / "t/a").stat().st_ino == (out / "t/b").stat().st_ino
     assert (out / "t/b").read_bytes() == b"x" * 50
