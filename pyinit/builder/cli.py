@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 
@@ -90,11 +91,20 @@ def config_from(args: argparse.Namespace) -> Config:
     hostonly_mode = args.hostonly if args.hostonly is not None else settings.hostonly
     if hostonly_mode is None:
         hostonly_mode = kver == os.uname().release and args.kmoddir is None
-    epoch = os.environ.get("SOURCE_DATE_EPOCH", "0")
-    if not epoch.isdigit():
-        raise BuildError(f"SOURCE_DATE_EPOCH={epoch}: expected a whole number of seconds")
     return Config(args.output, kver, args.kmoddir or f"/lib/modules/{kver}", settings,
-                  hostonly_mode, args.force, int(epoch), args.cache)
+                  hostonly_mode, args.force, source_date_epoch(), args.cache)
+
+
+def source_date_epoch() -> int:
+    """The archive mtime: $SOURCE_DATE_EPOCH, which must fit newc's 8-hex-digit field."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "0")
+    if not re.fullmatch(r"[0-9]+", epoch):
+        raise BuildError(f"SOURCE_DATE_EPOCH={epoch[:40]!r}: expected a whole number of "
+                         "seconds")
+    if len(epoch.lstrip("0")) > len(str(cpio.FIELD_MAX)) or int(epoch) > cpio.FIELD_MAX:
+        raise BuildError(f"SOURCE_DATE_EPOCH={epoch[:40]}: expected at most {cpio.FIELD_MAX} "
+                         "(newc cpio stores the mtime in 8 hex digits: 2106-02-07)")
+    return int(epoch)
 
 
 def read_image(path: str) -> bytes:
