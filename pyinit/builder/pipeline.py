@@ -68,12 +68,17 @@ KernelConfig = tuple[str, list[str]] | None  # (path, lines) of the kernel's .co
 
 
 def build(cfg: Config) -> Result:
+    check_target(cfg)
     kconfig = kernel_config(cfg)
     check_kernel_config(cfg, kconfig)
+    tree = kmodules.ModuleTree.read(cfg.kmoddir)
+    modules = select_modules(cfg, tree)
+    check_vermagic(cfg, tree, modules)
     tools = Tools()
     runtime, cached = runtime_segment(cfg, tools)
     img = kernel_image(runtime)
-    modules, missing = add_modules(img, cfg, kernel_option(kconfig, "CONFIG_MODULE_DECOMPRESS"))
+    missing = add_modules(img, cfg, tree, modules,
+                          kernel_option(kconfig, "CONFIG_MODULE_DECOMPRESS"))
     add_includes(img, cfg, tools)
     add_fsck(img, cfg, tools)
     add_udev(img, tools, cfg.settings.udev)
@@ -82,6 +87,34 @@ def build(cfg: Config) -> Result:
     kernel_part = compress.compress(raw, cfg.settings.compress, cfg.settings.compress_level)
     early = firmware.microcode_archive() if cfg.settings.early_microcode else b""
     return assemble(early, runtime, cached, img, raw, kernel_part, modules, missing)
+
+
+# What uname -r prints; the version names a directory in the image (lib/modules/KVER).
+KVER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")
+
+
+def check_target(cfg: Config) -> None:
+    """The kernel version is safe as a path component and its modules directory exists."""
+    if not KVER.fullmatch(cfg.kver):
+        raise BuildError(f"--kver {cfg.kver!r}: expected a kernel release as uname -r prints "
+                         "it (letters, digits and ._+~-, no '/')")
+    if not os.path.isdir(cfg.kmoddir):
+        raise BuildError(f"--kmoddir {cfg.kmoddir}: expected the modules of kernel "
+                         f"{cfg.kver}, found no directory")
+
+
+def check_vermagic(cfg: Config, tree: kmodules.ModuleTree, modules: list[str]) -> None:
+    """The modules are the target kernel's: the vermagic of the first module carried (or,
+    with none carried, of the first one depmod lists) names KVER."""
+    name = next(iter(modules or tree.paths), None)
+    if name is None:
+        return  # a kernel with every driver built in
+    rel = tree.paths[name]
+    magic = firmware.modinfo(os.path.join(cfg.kmoddir, rel)).get("vermagic", [""])[0].split()
+    if not magic or magic[0] != cfg.kver:
+        found = f"kernel {magic[0]}" if magic else "no vermagic="
+        raise BuildError(f"--kmoddir {cfg.kmoddir}: expected the modules of kernel {cfg.kver} "
+                         f"(--kver), found {found} in {rel}")
 
 
 def kernel_config(cfg: Config) -> KernelConfig:
@@ -214,17 +247,11 @@ def select_modules(cfg: Config, tree: kmodules.ModuleTree) -> list[str]:
     return modules
 
 
-def add_modules(img: image.Image, cfg: Config,
-                keep_compressed: bool) -> tuple[list[str], list[str]]:
-    """The selected modules (compressed ones as they are where KEEP_COMPRESSED, the kernel
-    decompressing them itself), their firmware and the index."""
-    if not os.path.isdir(cfg.kmoddir):
-        if cfg.settings.add_drivers or cfg.hostonly:
-            raise BuildError(f"--kmoddir {cfg.kmoddir}: expected the modules of kernel "
-                             f"{cfg.kver}, found no directory")
-        return [], []
-    tree = kmodules.ModuleTree.read(cfg.kmoddir)
-    modules = select_modules(cfg, tree)
+def add_modules(img: image.Image, cfg: Config, tree: kmodules.ModuleTree, modules: list[str],
+                keep_compressed: bool) -> list[str]:
+    """The selected MODULES (compressed ones as they are where KEEP_COMPRESSED, the kernel
+    decompressing them itself), their firmware and the index; returns the firmware files
+    this host lacks."""
     dest_base = f"{layout.MODULES_DIR}/{cfg.kver}"
     wanted_firmware: list[str] = []
     for name in modules:
@@ -244,7 +271,7 @@ def add_modules(img: image.Image, cfg: Config,
         img.add_host_file(path, part="firmware")
     img.add_bytes(os.path.join(dest_base, INDEX_NAME), tree.index_text(cfg.kver, modules).encode(),
                   part="modules")
-    return modules, missing
+    return missing
 
 
 def add_includes(img: image.Image, cfg: Config, tools: Tools) -> None:

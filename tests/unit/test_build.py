@@ -13,6 +13,7 @@ import pytest
 
 from pyinit.builder import archive, config, cpio, firmware, hostonly
 from pyinit.builder.kmodules import ModuleTree
+from pyinit.modindex import ModuleIndex
 from tests.vm.kernels import Kernel
 
 REPO = Path(__file__).resolve().parents[2]
@@ -190,7 +191,10 @@ def test_hostonly_walks_sysfs_from_the_root_device(kernel7: Kernel, tmp_path: Pa
     sys_dir = fake_sysfs(tmp_path)
     modules = hostonly.hostonly_modules(tree, str(sys_dir), str(tmp_path / "mountinfo"))
     assert modules == ["virtio_blk", "xfs"]  # virtio_pci is built in on this kernel
-    assert "libcrc32c" in tree.closure(modules) or len(tree.closure(modules)) >= 2
+    # Neither needs another module on 7.x (xfs's crc32c is built in; libcrc32c is gone): the
+    # image carries exactly these two, in the closure's sorted order.
+    assert tree.deps["virtio_blk"] == tree.deps["xfs"] == []
+    assert tree.closure(modules) == modules
 
 
 def test_hostonly_without_a_block_device_is_a_clear_error(tmp_path: Path) -> None:
@@ -228,3 +232,41 @@ def test_firmware_named_by_a_module(kernel7: Kernel, tmp_path: Path) -> None:
     (tmp_path / info["firmware"][0]).write_bytes(b"fw")
     found, missing = firmware.firmware_files(info["firmware"] + ["absent.bin"], str(tmp_path))
     assert found == [str(tmp_path / info["firmware"][0])] and missing == ["absent.bin"]
+
+
+def test_aliases_of_builtin_modules_resolve_to_them(kernel7: Kernel, tmp_path: Path) -> None:
+    tree = ModuleTree.read(kernel7.moddir)
+    assert "ext4" in tree.builtin and "ext4" not in tree.paths  # built in on the 7.x kernel
+    assert tree.resolve("fs-ext4") == ["ext4"]
+    assert tree.closure(["fs-ext4", "virtio_blk"]) == ["virtio_blk"]
+    # The image's index names them too, so the init resolves fs-ext4 to a builtin.
+    (tmp_path / "pyinit.index").write_text(tree.index_text(kernel7.kver, ["virtio_blk"]))
+    index = ModuleIndex.load(str(tmp_path))
+    assert index.resolve("fs-ext4") == "ext4" and "ext4" in index.builtin
+    # Device patterns of built-in drivers are left out: nothing to load for them.
+    assert index.lookup("pci:v00001AF4d00001042sv00001AF4sd00001042bc01sc80i00") == []
+
+
+def other_kernels_tree(kernel: Kernel, root: Path, kver: str, builtin: str = "") -> Path:
+    """A modules directory named KVER holding KERNEL's virtio_blk module."""
+    moddir = root / "lib/modules" / kver
+    (moddir / "kernel").mkdir(parents=True)
+    tree = ModuleTree.read(kernel.moddir)
+    (moddir / "kernel/virtio_blk.ko.xz").symlink_to(
+        os.path.join(kernel.moddir, tree.paths["virtio_blk"]))
+    (moddir / "modules.dep").write_text("kernel/virtio_blk.ko.xz:\n")
+    (moddir / "modules.builtin").write_text(builtin)
+    return moddir
+
+
+@pytest.mark.parametrize("drivers", ["virtio_blk", "ext4"])  # ext4: built in, none carried
+def test_modules_of_another_kernel_are_refused(kernel7: Kernel, tmp_path: Path,
+                                               drivers: str) -> None:
+    moddir = other_kernels_tree(kernel7, tmp_path, "9.9.9-other", "kernel/fs/ext4/ext4.ko\n")
+    output = tmp_path / "i.img"
+    done = mkinitramfs("-o", str(output), "--kver", "9.9.9-other", "--kmoddir", str(moddir),
+                       "--add-drivers", drivers, "--udev", "none")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert (f"--kmoddir {moddir}: expected the modules of kernel 9.9.9-other (--kver), found "
+            f"kernel {kernel7.kver} in kernel/virtio_blk.ko.xz") in done.stderr
+    assert not output.exists()

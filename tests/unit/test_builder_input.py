@@ -35,3 +35,41 @@ def test_source_date_epoch_must_fit_the_header(tmp_path: Path, capsys: pytest.Ca
     code, _out, err = run(capsys, "-o", str(tmp_path / "i.img"), "--kmoddir", str(tmp_path))
     assert message in one_line_error(code, err)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("kver", "message"), [
+    ("../../evil", "--kver '../../evil': expected a kernel release as uname -r prints it"),
+    ("6.1\tx", "--kver '6.1\\tx': expected a kernel release"),
+    ("..", "--kver '..': expected a kernel release"),
+])
+def test_kver_must_be_a_safe_path_component(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            kver: str, message: str) -> None:
+    moddir = tmp_path / "modules"
+    moddir.mkdir()
+    code, _out, err = run(capsys, "-o", str(tmp_path / "i.img"), "--kver", kver,
+                          "--kmoddir", str(moddir), "--udev", "none")
+    assert message in one_line_error(code, err)
+    assert list(tmp_path.iterdir()) == [moddir]
+
+
+def test_a_kernel_without_modules_is_an_error(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # No --add-drivers, not host-only (not the running kernel): this built an image with
+    # no modules at all, exit 0.
+    code, _out, err = run(capsys, "-o", str(tmp_path / "i.img"), "--kver", "9.9.9-nope",
+                          "--udev", "none")
+    assert ("--kmoddir /lib/modules/9.9.9-nope: expected the modules of kernel 9.9.9-nope, "
+            "found no directory") in one_line_error(code, err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_module_tree_without_modules_builtin_says_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    moddir = tmp_path / "modules"
+    moddir.mkdir()
+    (moddir / "modules.dep").write_text("")
+    code, _out, err = run(capsys, "-o", str(tmp_path / "i.img"), "--kver", "9.9.9",
+                          "--kmoddir", str(moddir), "--add-drivers", "ext4", "--udev", "none")
+    assert (f"{moddir}/modules.builtin: expected depmod's list of built-in modules"
+            in one_line_error(code, err))
+    assert sorted(tmp_path.iterdir()) == [moddir]
