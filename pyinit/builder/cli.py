@@ -27,6 +27,7 @@ from pyinit.builder import (
     cpio,
     elfdeps,
     extract,
+    hostfile,
     image,
     kmodules,
     pyruntime,
@@ -109,8 +110,9 @@ def source_date_epoch() -> int:
 
 def read_image(path: str) -> bytes:
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = hostfile.read_regular(path)[1]
+    except hostfile.HostFileError as err:
+        raise BuildError(f"{path}: expected an image file, found {err.found}") from err
     except OSError as err:
         raise BuildError(f"{path}: expected a readable image, found: {err.strerror}") from err
     if not data.strip(b"\0"):

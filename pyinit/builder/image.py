@@ -10,7 +10,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 
-from pyinit.builder import cpio
+from pyinit.builder import cpio, hostfile
 
 
 def _norm(path: str) -> str:
@@ -102,9 +102,7 @@ class Image:
         if dest == _norm(src):
             self._add_host_path(src, part, data, depth=0)
             return
-        st = os.stat(src)
-        with open(src, "rb") as fh:
-            content = fh.read() if data is None else data
+        st, content = _read_host(src, data)
         self._add_stat_bytes(dest, st, content, part)
 
     def _add_stat_bytes(self, dest: str, st: os.stat_result, data: bytes, part: str) -> None:
@@ -128,14 +126,8 @@ class Image:
                 rest = parts[i + 1 :]
                 self._add_host_path(os.path.join(resolved, *rest), part, data, depth + 1)
                 return
-        try:
-            st = os.stat(path)
-            if data is None:
-                with open(path, "rb") as fh:
-                    data = fh.read()
-        except OSError as err:
-            raise ImageError(f"{path}: expected a readable file, found: {err.strerror}") from err
-        self._add_stat_bytes(path, st, data, part)
+        st, content = _read_host(path, data)
+        self._add_stat_bytes(path, st, content, part)
 
     def add_tree(self, src: str, dest: str, part: str = "skeleton") -> None:
         """Copy a directory tree (rootfs-skel/) verbatim."""
@@ -182,6 +174,18 @@ class Image:
         buffer = io.BytesIO()
         cpio.write(buffer, [e for _, e in self.written()], mtime)
         return buffer.getvalue()
+
+
+def _read_host(path: str, data: bytes | None) -> tuple[os.stat_result, bytes]:
+    """The stat of regular host file PATH and its content (DATA when given: stripped)."""
+    try:
+        if data is not None:
+            return hostfile.stat_regular(path), data
+        return hostfile.read_regular(path)
+    except hostfile.HostFileError as err:
+        raise ImageError(f"{path}: {err}") from err
+    except OSError as err:
+        raise ImageError(f"{path}: expected a readable file, found: {err.strerror}") from err
 
 
 def write_atomically(output: str, data: bytes, force: bool) -> None:

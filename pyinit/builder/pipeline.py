@@ -15,6 +15,7 @@ from pyinit.builder import (
     config,
     elfdeps,
     firmware,
+    hostfile,
     hostonly,
     image,
     kmodules,
@@ -69,6 +70,7 @@ KernelConfig = tuple[str, list[str]] | None  # (path, lines) of the kernel's .co
 
 def build(cfg: Config) -> Result:
     check_target(cfg)
+    check_includes(cfg)
     kconfig = kernel_config(cfg)
     check_kernel_config(cfg, kconfig)
     tree = kmodules.ModuleTree.read(cfg.kmoddir)
@@ -274,16 +276,33 @@ def add_modules(img: image.Image, cfg: Config, tree: kmodules.ModuleTree, module
     return missing
 
 
-def add_includes(img: image.Image, cfg: Config, tools: Tools) -> None:
+def includes(cfg: Config) -> list[tuple[str, str]]:
     """--include SRC DST pairs, and the configured rescue shell as /bin/sh (or busybox)."""
-    includes = list(cfg.settings.include)
+    pairs = list(cfg.settings.include)
     shell = cfg.settings.rescue_shell
     if shell:
-        includes.append((shell, "/bin/busybox" if os.path.basename(shell) == "busybox"
-                         else "/bin/sh"))
-    for src, dest in includes:
-        if not os.path.exists(src):
-            raise BuildError(f"--include {src} {dest}: expected an existing file, found none")
+        pairs.append((shell, "/bin/busybox" if os.path.basename(shell) == "busybox"
+                      else "/bin/sh"))
+    return pairs
+
+
+def check_includes(cfg: Config) -> None:
+    """Each SRC is a regular file (a FIFO would block the build, /dev/zero never end)."""
+    for src, dest in includes(cfg):
+        try:
+            hostfile.stat_regular(src)
+        except FileNotFoundError as err:
+            raise BuildError(f"--include {src} {dest}: expected an existing file, found "
+                             "none") from err
+        except hostfile.HostFileError as err:
+            raise BuildError(f"--include {src} {dest}: {err}") from err
+        except OSError as err:
+            raise BuildError(f"--include {src} {dest}: expected a readable file, found: "
+                             f"{err.strerror}") from err
+
+
+def add_includes(img: image.Image, cfg: Config, tools: Tools) -> None:
+    for src, dest in includes(cfg):
         add_tool(img, tools, src, dest, "included")
 
 

@@ -3,17 +3,46 @@ and nothing is left behind."""
 
 from __future__ import annotations
 
+import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from pyinit.builder import cli
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = cli.main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def _limit_memory() -> None:
+    # A builder that reads /dev/zero dies of MemoryError at 2 GiB instead of taking the
+    # machine's memory with it.
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+def mkinitramfs(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The command in a child, so that a builder that blocks (on a FIFO) fails the test by
+    its timeout instead of hanging the run."""
+    return subprocess.run([sys.executable, str(REPO / "mkinitramfs.py"), *args],
+                          capture_output=True, text=True, timeout=60, cwd=cwd,
+                          preexec_fn=_limit_memory)
+
+
+def fake_kernel(root: Path) -> Path:
+    """A modules directory of a kernel with every driver built in."""
+    moddir = root / "modules"
+    moddir.mkdir()
+    for name in ("modules.dep", "modules.builtin"):
+        (moddir / name).write_text("")
+    return moddir
 
 
 def one_line_error(code: int, err: str) -> str:
@@ -73,3 +102,32 @@ def test_a_module_tree_without_modules_builtin_says_so(
     assert (f"{moddir}/modules.builtin: expected depmod's list of built-in modules"
             in one_line_error(code, err))
     assert sorted(tmp_path.iterdir()) == [moddir]
+
+
+@pytest.mark.parametrize("what", ["fifo", "/dev/zero", "directory"])
+def test_include_of_a_non_regular_file_is_refused(tmp_path: Path, what: str) -> None:
+    src = {"fifo": str(tmp_path / "fifo"), "directory": str(tmp_path)}.get(what, what)
+    if what == "fifo":
+        os.mkfifo(src)
+    found = {"fifo": "a FIFO", "/dev/zero": "a character device", "directory": "a directory"}
+    moddir = fake_kernel(tmp_path)
+    done = mkinitramfs("-o", str(tmp_path / "i.img"), "--kver", "9.9.9", "--kmoddir",
+                       str(moddir), "--udev", "none", "--include", src, "/x")
+    assert (f"--include {src} /x: expected a regular file, found {found[what]}"
+            in one_line_error(done.returncode, done.stderr))
+    assert not (tmp_path / "i.img").exists()
+
+
+def test_config_and_list_of_a_fifo_are_refused(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    done = mkinitramfs("-o", str(tmp_path / "i.img"), "--config", str(fifo))
+    assert (f"{fifo}: expected a TOML file, found a FIFO"
+            in one_line_error(done.returncode, done.stderr))
+    done = mkinitramfs("--list", str(fifo))
+    assert f"{fifo}: expected an image file, found a FIFO" in one_line_error(done.returncode,
+                                                                             done.stderr)
+    done = mkinitramfs("--extract", "/dev/zero", str(tmp_path / "x"))
+    assert ("/dev/zero: expected an image file, found a character device"
+            in one_line_error(done.returncode, done.stderr))
+    assert not (tmp_path / "x").exists()
