@@ -30,6 +30,7 @@ class Segment:
     parts: dict[str, int]
     symlinks: dict[str, str]  # image path -> target, to resolve later paths through
     entries: int
+    paths: dict[str, list[str]]  # image path -> [type letter, part]: what later parts avoid
 
 
 def _key(params: dict[str, object]) -> str:
@@ -46,11 +47,12 @@ def load(params: dict[str, object], cache: str = CACHE) -> Segment | None:
             return None
         with open(base + ".cpio", "rb") as fh:
             data = fh.read()
-    except (OSError, ValueError, KeyError):
-        return None
-    if hashlib.sha256(data).hexdigest() != meta["sha256"]:
-        return None
-    return Segment(data, meta["unpacked"], meta["parts"], meta["symlinks"], meta["entries"])
+        if hashlib.sha256(data).hexdigest() != meta["sha256"]:
+            return None
+        return Segment(data, meta["unpacked"], meta["parts"], meta["symlinks"],
+                       meta["entries"], meta["paths"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing, unreadable or from an older builder: rebuilt
 
 
 def store(params: dict[str, object], inputs: list[str], segment: Segment,
@@ -59,7 +61,8 @@ def store(params: dict[str, object], inputs: list[str], segment: Segment,
     base = os.path.join(cache, _key(params))
     meta = {"params": params, "inputs": [stamp(p) for p in sorted(set(inputs))],
             "sha256": hashlib.sha256(segment.data).hexdigest(), "unpacked": segment.unpacked,
-            "parts": segment.parts, "symlinks": segment.symlinks, "entries": segment.entries}
+            "parts": segment.parts, "symlinks": segment.symlinks, "entries": segment.entries,
+            "paths": segment.paths}
     for suffix, payload in ((".cpio", segment.data), (".json", json.dumps(meta).encode())):
         fd, tmp = tempfile.mkstemp(dir=cache)
         with os.fdopen(fd, "wb") as fh:

@@ -73,7 +73,14 @@ class Image:
 
     def _parent_resolved(self, path: str, part: str) -> str:
         """PATH with each directory component resolved through symlinks already in the image
-        (so /lib/modules lands in usr/lib/modules when /lib -> usr/lib)."""
+        (so /lib/modules lands in usr/lib/modules when /lib -> usr/lib); its parents made."""
+        resolved = self.resolve(path)
+        self.add_dir(os.path.dirname(resolved), part=part)
+        return resolved
+
+    def resolve(self, path: str) -> str:
+        """Where PATH lands in the image: its directory components resolved through the
+        symlinks already in the image (the last component is left as it is)."""
         path = _norm(path)
         resolved = "/"
         for _ in range(40):
@@ -91,7 +98,6 @@ class Image:
                 break
         else:
             raise ImageError(f"{path}: too many levels of symbolic links in the image")
-        self.add_dir(resolved, part=part)
         return os.path.join(resolved, os.path.basename(path))
 
     def add_host_file(self, src: str, dest: str | None = None, part: str = "skeleton",
@@ -166,6 +172,10 @@ class Image:
         for path, entry in self._counted():
             sizes[self.parts[path]] += len(entry.data)
         return dict(sorted(sizes.items()))
+
+    def kinds(self) -> dict[str, list[str]]:
+        """Written path -> [type letter as ls -l shows it, part]."""
+        return {p: [e.kind, self.parts[p]] for p, e in self.written()}
 
     def symlinks(self) -> dict[str, str]:
         return {p: e.data.decode() for p, e in self.entries.items() if stat.S_ISLNK(e.mode)}

@@ -13,6 +13,7 @@ from pyinit.builder import (
     cache,
     compress,
     config,
+    cpio,
     elfdeps,
     firmware,
     hostfile,
@@ -81,13 +82,13 @@ def build(cfg: Config) -> Result:
     img = kernel_image(runtime)
     missing = add_modules(img, cfg, tree, modules,
                           kernel_option(kconfig, "CONFIG_MODULE_DECOMPRESS"))
-    add_includes(img, cfg, tools)
     add_fsck(img, cfg, tools)
     add_udev(img, tools, cfg.settings.udev)
     add_defaults(img, cfg)
+    early = firmware.microcode_archive() if cfg.settings.early_microcode else b""
+    add_includes(img, cfg, tools, {**runtime.paths, **archive_paths(early)})
     raw = img.archive(cfg.mtime)
     kernel_part = compress.compress(raw, cfg.settings.compress, cfg.settings.compress_level)
-    early = firmware.microcode_archive() if cfg.settings.early_microcode else b""
     return assemble(early, runtime, cached, img, raw, kernel_part, modules, missing)
 
 
@@ -212,7 +213,8 @@ def runtime_segment(cfg: Config, tools: Tools) -> tuple[cache.Segment, bool]:
     if level is None and cfg.settings.compress == "zstd":
         level = RUNTIME_ZSTD_LEVEL
     segment = cache.Segment(compress.compress(raw, cfg.settings.compress, level),
-                            len(raw), img.size_by_part(), img.symlinks(), len(img.entries))
+                            len(raw), img.size_by_part(), img.symlinks(), len(img.entries),
+                            img.kinds())
     inputs = [python, *closure, *extensions, *runtime.sources, *builder_sources,
               *runtime.search_dirs]
     for root, _dirs, files in os.walk(SKELETON):
@@ -301,9 +303,40 @@ def check_includes(cfg: Config) -> None:
                              f"{err.strerror}") from err
 
 
-def add_includes(img: image.Image, cfg: Config, tools: Tools) -> None:
+def archive_paths(data: bytes) -> dict[str, list[str]]:
+    """Image path -> [type letter, part] of an archive the build made (early microcode)."""
+    return {"/" + entry.name: [entry.kind, "microcode"] for entry, _end in cpio.read(data)
+            if entry.name != cpio.TRAILER} if data else {}
+
+
+def add_includes(img: image.Image, cfg: Config, tools: Tools,
+                 elsewhere: dict[str, list[str]]) -> None:
+    """The includes, last: each DST must be a path nothing else in the image has (the
+    runtime segment and early microcode: ELSEWHERE; every step before: IMG). A directory
+    they share as a parent is fine."""
     for src, dest in includes(cfg):
+        path = img.resolve(dest)
+        if path == "/":
+            raise BuildError(f"--include {src} {dest}: expected a file's path, found /")
+        taken = {p: [e.kind, img.parts[p]] for p, e in img.entries.items()} | elsewhere
+        clash = [p for p in _parents(path) if p in taken and taken[p][0] != "d"]
+        if path in taken or clash:
+            at = clash[0] if clash else path
+            raise BuildError(f"--include {src} {dest}: expected a path the image does not "
+                             f"have, found {at}{'' if at == path else ' (a parent)'}, "
+                             f"{_KIND_NAMES.get(taken[at][0], 'a node')} of its "
+                             f"{taken[at][1]} part")
         add_tool(img, tools, src, dest, "included")
+
+
+_KIND_NAMES = {"d": "a directory", "-": "a file", "l": "a symlink"}
+
+
+def _parents(path: str) -> list[str]:
+    parents = []
+    while (path := os.path.dirname(path)) != "/":
+        parents.append(path)
+    return parents
 
 
 def host_fsck(fstype: str) -> str | None:

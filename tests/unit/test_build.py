@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pyinit.builder import archive, config, cpio, firmware, hostonly
+from pyinit.builder import archive, config, cpio, firmware, hostonly, image, pipeline
 from pyinit.builder.kmodules import ModuleTree
 from pyinit.modindex import ModuleIndex
 from tests.vm.kernels import Kernel
@@ -270,3 +270,59 @@ def test_modules_of_another_kernel_are_refused(kernel7: Kernel, tmp_path: Path,
     assert (f"--kmoddir {moddir}: expected the modules of kernel 9.9.9-other (--kver), found "
             f"kernel {kernel7.kver} in kernel/virtio_blk.ko.xz") in done.stderr
     assert not output.exists()
+
+
+@pytest.mark.parametrize(("dest", "found"), [
+    ("/init", "found /init, a file of its skeleton part"),
+    ("/usr/bin/python3", "found /usr/bin/python3, a symlink of its python runtime part"),
+    ("/lib", "found /lib, a symlink of its python runtime part"),
+    ("/usr/lib/pyinit", "found /usr/lib/pyinit, a directory of its"),
+    ("/init/x", "found /init (a parent), a file of its skeleton part"),
+    ("/lib/modules/{kver}/pyinit.index",
+     "found /usr/lib/modules/{kver}/pyinit.index, a file of its modules part"),
+    ("/etc/pyinit/cmdline", "found /etc/pyinit/cmdline, a file of its skeleton part"),
+    ("/sbin/fsck.ext4", "fsck.ext4, a symlink of its fsck part"),  # -> e2fsck on Debian
+    ("/bin/x", "found /bin/x, a file of its included part"),  # the first --include
+])
+def test_include_over_the_images_own_files_is_refused(kernel7: Kernel, tmp_path: Path,
+                                                      dest: str, found: str) -> None:
+    extra = []
+    if "fsck" in dest:
+        if pipeline.host_fsck("ext4") is None:
+            pytest.skip("this host has no fsck.ext4")
+        extra = ["--fsck", "ext4"]
+    conf = tmp_path / "c.toml"
+    conf.write_text('cmdline = "quiet"\n')
+    dest = dest.format(kver=kernel7.kver)
+    output = tmp_path / "i.img"
+    done = build(kernel7, output, "--config", str(conf), "--include", "/bin/busybox", "/bin/x",
+                 "--include", "/bin/busybox", dest, *extra)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert (f"--include /bin/busybox {dest}: expected a path the image does not have, "
+            in done.stderr and found.format(kver=kernel7.kver) in done.stderr), done.stderr
+    assert not output.exists()
+
+
+def test_include_into_a_directory_the_image_has(kernel7: Kernel, tmp_path: Path) -> None:
+    image = tmp_path / "i.img"
+    done = build(kernel7, image, "--include", "/bin/busybox", "/usr/lib/pyinit/busybox")
+    assert done.returncode == 0, done.stderr
+    listing = mkinitramfs("--list", str(image)).stdout
+    assert "usr/lib/pyinit/busybox\n" in listing
+
+
+def test_include_over_early_microcode_is_refused(tmp_path: Path) -> None:
+    intel = tmp_path / "intel-ucode"
+    intel.mkdir()
+    (intel / "06-55-04").write_bytes(b"A" * 10)
+    early = pipeline.archive_paths(firmware.microcode_archive(str(intel), str(tmp_path / "x")))
+    settings = config.Settings(include=[("/bin/busybox", "/kernel/x86/microcode/x"),
+                                        ("/bin/busybox", "/kernel/x86/microcode/GenuineIntel.bin")])
+    cfg = pipeline.Config("i.img", "7.0", str(tmp_path), settings, False, False, 0)
+    img = image.Image()
+    with pytest.raises(pipeline.BuildError,
+                       match=r"microcode/GenuineIntel.bin: expected a path the image does not "
+                             r"have, found /kernel/x86/microcode/GenuineIntel.bin, a file of "
+                             r"its microcode part"):
+        pipeline.add_includes(img, cfg, pipeline.Tools(), early)
+    assert "/kernel/x86/microcode/x" in img.entries  # a directory shared as a parent
