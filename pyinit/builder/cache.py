@@ -64,7 +64,16 @@ def store(params: dict[str, object], inputs: list[str], segment: Segment,
             "parts": segment.parts, "symlinks": segment.symlinks, "entries": segment.entries,
             "paths": segment.paths}
     for suffix, payload in ((".cpio", segment.data), (".json", json.dumps(meta).encode())):
-        fd, tmp = tempfile.mkstemp(dir=cache)
+        _write_new(base + suffix, payload)
+
+
+def _write_new(path: str, payload: bytes) -> None:
+    """PAYLOAD at PATH through a temporary file, removed on any error or signal."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))
+    try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
-        os.replace(tmp, base + suffix)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

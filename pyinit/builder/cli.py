@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 import time
 
@@ -30,6 +31,7 @@ from pyinit.builder import (
     hostfile,
     image,
     kmodules,
+    output,
     pyruntime,
 )
 from pyinit.builder.pipeline import BuildError, Config, Result, build
@@ -139,24 +141,70 @@ def summary(cfg: Config, result: Result, seconds: float) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+class Interrupted(BaseException):
+    """SIGTERM, SIGHUP or SIGINT: raised where the build is, so every cleanup runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.name = signal.Signals(signum).name
+
+
+SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    for sig in SIGNALS:  # one is enough: the cleanup it starts is not interrupted again
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def say(text: str) -> None:
+    """Print TEXT; a closed stdout (| head) loses it, not the exit status, and leaves no
+    BrokenPipeError for the interpreter to report at exit."""
     try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> int:
+    previous = {sig: signal.signal(sig, _interrupt) for sig in SIGNALS}
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run(argv: list[str]) -> int:
+    written = ""
+    try:
+        args = parse_args(argv)
         if args.list:
-            print("\n".join(archive.list_lines(read_image(args.list))))
+            say("\n".join(archive.list_lines(read_image(args.list))))
             return 0
         if args.extract:
             count = extract.extract(read_image(args.extract[0]), args.extract[1], args.force)
-            print(f"{args.extract[1]}: {count} entries")
+            say(f"{args.extract[1]}: {count} entries")
             return 0
         cfg = config_from(args)
         start = time.monotonic()
         result = build(cfg)
-        image.write_atomically(cfg.output, result.data, cfg.force)
-        print(summary(cfg, result, time.monotonic() - start))
+        output.write_atomically(cfg.output, result.data, cfg.force)
+        written = cfg.output
+        say(summary(cfg, result, time.monotonic() - start))
         return 0
+    except Interrupted as sig:
+        done = f"{written} was written" if written else "no image written"
+        return fail(f"interrupted by {sig.name} ({done})")
     except (BuildError, image.ImageError, cpio.CpioError, compress.CompressError,
             kmodules.ModulesError, elfdeps.ElfError, pyruntime.RuntimeError_,
             config.ConfigError, ValueError, OSError) as err:
-        print(f"mkinitramfs.py: error: {err}", file=sys.stderr)
-        return 1
+        return fail(str(err))
+
+
+def fail(message: str) -> int:
+    print(f"mkinitramfs.py: error: {message}", file=sys.stderr)
+    return 1

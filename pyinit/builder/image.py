@@ -1,12 +1,11 @@
 """Assembling the image: entries by image path, each tagged with the part it belongs to,
-host files added with the symlinks along their paths, written atomically."""
+host files added with the symlinks along their paths (written out by output.py)."""
 
 from __future__ import annotations
 
 import io
 import os
 import stat
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -196,29 +195,3 @@ def _read_host(path: str, data: bytes | None) -> tuple[os.stat_result, bytes]:
         raise ImageError(f"{path}: {err}") from err
     except OSError as err:
         raise ImageError(f"{path}: expected a readable file, found: {err.strerror}") from err
-
-
-def write_atomically(output: str, data: bytes, force: bool) -> None:
-    """Write DATA to OUTPUT through a temporary file beside it, renamed at the end."""
-    directory = os.path.dirname(os.path.abspath(output)) or "."
-    if not os.path.isdir(directory):
-        raise ImageError(f"-o {output}: expected an existing directory {directory}, found none")
-    if os.path.exists(output) and not force:
-        raise ImageError(f"-o {output}: the file exists; expected --force to replace it")
-    free = os.statvfs(directory)
-    if free.f_bavail * free.f_frsize < len(data) + (1 << 20):
-        raise ImageError(f"-o {output}: {len(data)} bytes needed, "
-                         f"{free.f_bavail * free.f_frsize} free in {directory}")
-    fd, tmp = tempfile.mkstemp(prefix=".pyinit-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, output)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
