@@ -20,6 +20,8 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
 
 from pyinit.builder import (
     archive,
@@ -31,14 +33,25 @@ from pyinit.builder import (
     hostfile,
     image,
     kmodules,
+    missing,
     output,
     pyruntime,
 )
 from pyinit.builder.pipeline import BuildError, Config, Result, build
 
+T = TypeVar("T")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line and exit status 1 like every other bad input
+    (not a usage block and exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise BuildError(f"{message} (see mkinitramfs.py --help)")
+
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="mkinitramfs.py", description=__doc__.splitlines()[0])
+    parser = Parser(prog="mkinitramfs.py", description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", help="the image to write")
     parser.add_argument("--kver", help="kernel version (default: the running kernel)")
     parser.add_argument("--kmoddir", help="modules directory (default: /lib/modules/KVER)")
@@ -90,6 +103,7 @@ def config_from(args: argparse.Namespace) -> Config:
         value = getattr(args, key)
         if value is not None:
             setattr(settings, key, value)
+    compress.check_level(settings.compress, settings.compress_level)
     kver = args.kver or os.uname().release
     hostonly_mode = args.hostonly if args.hostonly is not None else settings.hostonly
     if hostonly_mode is None:
@@ -122,6 +136,15 @@ def read_image(path: str) -> bytes:
         raise BuildError(f"{path}: not an image: expected a newc cpio archive (plain or "
                          f"compressed), found {found}")
     return data
+
+
+def inspect(path: str, action: Callable[[bytes], T]) -> T:
+    """ACTION on the image at PATH; a corrupt image's error names the file."""
+    data = read_image(path)
+    try:
+        return action(data)
+    except (cpio.CpioError, compress.CompressError) as err:
+        raise BuildError(f"{path}: {err}") from err
 
 
 def summary(cfg: Config, result: Result, seconds: float) -> str:
@@ -183,11 +206,12 @@ def run(argv: list[str]) -> int:
     try:
         args = parse_args(argv)
         if args.list:
-            say("\n".join(archive.list_lines(read_image(args.list))))
+            say("\n".join(inspect(args.list, archive.list_lines)))
             return 0
         if args.extract:
-            count = extract.extract(read_image(args.extract[0]), args.extract[1], args.force)
-            say(f"{args.extract[1]}: {count} entries")
+            path, directory = args.extract
+            count = inspect(path, lambda data: extract.extract(data, directory, args.force))
+            say(f"{directory}: {count} entries")
             return 0
         cfg = config_from(args)
         start = time.monotonic()
@@ -199,6 +223,8 @@ def run(argv: list[str]) -> int:
     except Interrupted as sig:
         done = f"{written} was written" if written else "no image written"
         return fail(f"interrupted by {sig.name} ({done})")
+    except ImportError as err:  # a package imported where it is first needed (zstandard)
+        return fail(missing.message(err))
     except (BuildError, image.ImageError, cpio.CpioError, compress.CompressError,
             kmodules.ModulesError, elfdeps.ElfError, pyruntime.RuntimeError_,
             config.ConfigError, ValueError, OSError) as err:

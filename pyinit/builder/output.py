@@ -33,6 +33,8 @@ def write_atomically(output: str, data: bytes, force: bool) -> None:
     if not os.path.isdir(directory):
         raise OutputError(f"-o {output}: expected an existing directory {directory}, "
                           "found none")
+    if os.path.isdir(output):
+        raise OutputError(f"-o {output}: expected the image's file name, found a directory")
     if os.path.lexists(output) and not force:
         raise OutputError(f"-o {output}: the file exists; expected --force to replace it")
     remove_stale_temps(directory)

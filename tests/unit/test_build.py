@@ -120,7 +120,7 @@ def test_corrupt_image_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.img"
     bad.write_bytes(b"\x28\xb5\x2f\xfd" + b"garbage" * 10)
     done = mkinitramfs("--list", str(bad))
-    assert done.returncode == 1 and "corrupt zstd stream" in done.stderr
+    assert done.returncode == 1 and f"{bad}: corrupt zstd stream" in done.stderr
     missing = mkinitramfs("--list", str(tmp_path / "none.img"))
     assert missing.returncode == 1 and "expected a readable image" in missing.stderr
 
@@ -326,3 +326,18 @@ def test_include_over_early_microcode_is_refused(tmp_path: Path) -> None:
                              r"its microcode part"):
         pipeline.add_includes(img, cfg, pipeline.Tools(), early)
     assert "/kernel/x86/microcode/x" in img.entries  # a directory shared as a parent
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_compressed_module_is_one_line(kernel7: Kernel, tmp_path: Path,
+                                                 damage: str) -> None:
+    moddir = other_kernels_tree(kernel7, tmp_path, kernel7.kver)
+    good = (moddir / "kernel/virtio_blk.ko.xz").read_bytes()
+    bad = b"not xz at all" if damage == "garbage" else good[: len(good) // 2]
+    (moddir / "kernel/zz_bad.ko.xz").write_bytes(bad)
+    (moddir / "modules.dep").write_text("kernel/virtio_blk.ko.xz:\nkernel/zz_bad.ko.xz:\n")
+    done = mkinitramfs("-o", str(tmp_path / "i.img"), "--kver", kernel7.kver, "--kmoddir",
+                       str(moddir), "--add-drivers", "virtio_blk zz_bad", "--udev", "none")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert (f"{moddir}/kernel/zz_bad.ko.xz: expected a xz-compressed kernel module, found: "
+            in done.stderr)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pyinit.builder import cli
+from pyinit.builder import cli, pyruntime
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -131,3 +131,117 @@ def test_config_and_list_of_a_fifo_are_refused(tmp_path: Path) -> None:
     assert ("/dev/zero: expected an image file, found a character device"
             in one_line_error(done.returncode, done.stderr))
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(("fmt", "level", "message"), [
+    ("gzip", "10", "--compress-level 10: expected 0 to 9 for gzip"),
+    ("xz", "12", "--compress-level 12: expected 0 to 9 for xz"),
+    ("zstd", "23", "--compress-level 23: expected 1 to 22 for zstd"),
+    ("lz4", "0", "--compress-level 0: expected 1 to 12 for lz4"),
+])
+def test_a_level_the_compressor_does_not_take(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              fmt: str, level: str, message: str) -> None:
+    moddir = fake_kernel(tmp_path)
+    code, _out, err = run(capsys, "-o", str(tmp_path / "i.img"), "--kver", "9.9.9", "--kmoddir",
+                          str(moddir), "--udev", "none", "--compress", fmt,
+                          "--compress-level", level)
+    assert message in one_line_error(code, err)
+    assert list(tmp_path.iterdir()) == [moddir]
+
+
+def fake_python(tmp_path: Path, script: str) -> str:
+    path = tmp_path / "python"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.parametrize(("script", "found"), [
+    ("echo '{}'", "found '{}'"),
+    ("echo 'Python 3.11.2'", "found 'Python 3.11.2'"),
+    ("printf '\\377\\376'", "found '\ufffd\ufffd'"),
+    ('echo \'{"failed": {}, "version": [3], "executable": "x", "prefix": "/", "zip_path": "z", '
+     '"stdlib": "/", "platstdlib": "/", "site": [], "modules": {}}\'', "found '{\"failed\""),
+])
+def test_a_python_that_does_not_report_is_refused(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str],
+                                                  script: str, found: str) -> None:
+    python = fake_python(tmp_path, script)
+    moddir = fake_kernel(tmp_path)
+    code, _out, err = run(capsys, "-o", str(tmp_path / "i.img"), "--kver", "9.9.9", "--kmoddir",
+                          str(moddir), "--udev", "none", "--python", python)
+    message = one_line_error(code, err)
+    assert f"{python}: expected pyprobe.py's JSON report on stdout, {found}" in message
+    assert not (tmp_path / "i.img").exists()
+
+
+def test_a_python_that_hangs_is_stopped(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pyruntime, "PROBE_TIMEOUT", 1)
+    python = fake_python(tmp_path, "exec sleep 30\n")
+    moddir = fake_kernel(tmp_path)
+    code, _out, err = run(capsys, "-o", str(tmp_path / "i.img"), "--kver", "9.9.9", "--kmoddir",
+                          str(moddir), "--udev", "none", "--python", python)
+    assert (f"{python}: expected pyprobe.py to report within 1 s, found it still running"
+            in one_line_error(code, err))
+
+
+def test_a_python_without_the_cffi_module_says_how_to_build_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = ('{"failed": {"pyinit.init": "ModuleNotFoundError: No module named '
+              "'pyinit._syscalls'\"}, \"version\": [3, 11], \"executable\": \"x\", "
+              '"prefix": "/", "zip_path": "z", "stdlib": "/", "platstdlib": "/", "site": [], '
+              '"modules": {}}')
+    python = fake_python(tmp_path, f"cat <<'EOF'\n{report}\nEOF\n")
+    moddir = fake_kernel(tmp_path)
+    code, _out, err = run(capsys, "-o", str(tmp_path / "i.img"), "--kver", "9.9.9", "--kmoddir",
+                          str(moddir), "--udev", "none", "--python", python)
+    assert (f"pyinit's cffi module is not built: run `pip install -e .` in {REPO})"
+            in one_line_error(code, err))
+
+
+@pytest.mark.parametrize("argv", [["--compress", "bogus"], ["-o"], ["--bogus"],
+                                  ["--include", "one"]])
+def test_argument_errors_are_one_line_and_status_1(capsys: pytest.CaptureFixture[str],
+                                                    argv: list[str]) -> None:
+    code, _out, err = run(capsys, *argv)
+    assert "(see mkinitramfs.py --help)" in one_line_error(code, err)
+
+
+# mkinitramfs.py with one Python module made unimportable, as in a clone where
+# `pip install -e .` never ran.
+WITHOUT = """
+import runpy, sys
+sys.modules[sys.argv[1]] = None
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(("module", "listing"), [("elftools", False), ("zstandard", False),
+                                                ("zstandard", True)],
+                         ids=["at start", "first used to build", "first used to list"])
+def test_a_missing_dependency_says_pip_install(tmp_path: Path, module: str,
+                                               listing: bool) -> None:
+    moddir = fake_kernel(tmp_path)
+    zstd_image = tmp_path / "z.img"
+    zstd_image.write_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 16)
+    args = (["--list", str(zstd_image)] if listing else
+            ["-o", str(tmp_path / "i.img"), "--kver", "9.9.9", "--kmoddir", str(moddir),
+             "--udev", "none"])
+    done = subprocess.run([sys.executable, "-c", WITHOUT, module, str(REPO / "mkinitramfs.py"),
+                           *args], capture_output=True, text=True, timeout=120)
+    assert (f"expected the Python module {module}, found none: run `pip install -e .` in {REPO}"
+            in one_line_error(done.returncode, done.stderr))
+    assert not (tmp_path / "i.img").exists()
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]], ids=["", "--force"])
+def test_output_that_is_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    force: list[str]) -> None:
+    moddir = fake_kernel(tmp_path)
+    code, _out, err = run(capsys, "-o", str(tmp_path), "--kver", "9.9.9", "--kmoddir",
+                          str(moddir), "--udev", "none", *force)
+    assert (f"-o {tmp_path}: expected the image's file name, found a directory"
+            in one_line_error(code, err))
+    assert list(tmp_path.iterdir()) == [moddir]
