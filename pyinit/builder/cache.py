@@ -1,7 +1,9 @@
 """The runtime segment cache: the Python runtime, pyinit and the skeleton are the same for
 every kernel, so their compressed archive is kept and reused while none of the files it
-was made from has changed (size, mtime and inode of each, and of the directories that
-decide what imports resolve to). Kernel-specific parts are packed fresh every build."""
+was made from has changed (size, mtime and inode of each) and none of the files that would
+change what an import resolves to has appeared. Directories are not stamped: an image
+written beside the sources must not make the next build cold. Kernel-specific parts are
+packed fresh every build."""
 
 from __future__ import annotations
 
@@ -45,6 +47,8 @@ def load(params: dict[str, object], cache: str = CACHE) -> Segment | None:
             meta = json.load(fh)
         if any(stamp(str(p[0])) != p for p in meta["inputs"]):
             return None
+        if any(os.path.lexists(p) for p in meta["absent"]):
+            return None
         with open(base + ".cpio", "rb") as fh:
             data = fh.read()
         if hashlib.sha256(data).hexdigest() != meta["sha256"]:
@@ -56,10 +60,13 @@ def load(params: dict[str, object], cache: str = CACHE) -> Segment | None:
 
 
 def store(params: dict[str, object], inputs: list[str], segment: Segment,
-          cache: str = CACHE) -> None:
+          cache: str = CACHE, absent: list[str] | None = None) -> None:
+    """Keep SEGMENT for PARAMS while the INPUTS files stay as they are and none of the
+    ABSENT paths appears."""
     os.makedirs(cache, exist_ok=True)
     base = os.path.join(cache, _key(params))
     meta = {"params": params, "inputs": [stamp(p) for p in sorted(set(inputs))],
+            "absent": sorted(set(absent or [])),
             "sha256": hashlib.sha256(segment.data).hexdigest(), "unpacked": segment.unpacked,
             "parts": segment.parts, "symlinks": segment.symlinks, "entries": segment.entries,
             "paths": segment.paths}

@@ -177,11 +177,14 @@ def runtime_segment(cfg: Config, tools: Tools) -> tuple[cache.Segment, bool]:
     builder_sources = sorted(
         os.path.join(d, n) for d in (os.path.dirname(__file__), os.path.dirname(
             os.path.dirname(__file__))) for n in os.listdir(d) if n.endswith((".py", ".so")))
+    skeleton = sorted(os.path.join(root, name) for root, dirs, files in os.walk(SKELETON)
+                      for name in dirs + files)
     params: dict[str, object] = {
         "python": python, "compress": cfg.settings.compress,
         "level": cfg.settings.compress_level, "mtime": cfg.mtime,
         "modules": pyruntime.INIT_MODULES, "excludes": pyruntime.EXCLUDES,
         "builder": [cache.stamp(p) for p in builder_sources],
+        "skeleton": skeleton,  # a file added to rootfs-skel/ is a new key
     }
     if cfg.use_cache:
         cached = cache.load(params)
@@ -216,11 +219,9 @@ def runtime_segment(cfg: Config, tools: Tools) -> tuple[cache.Segment, bool]:
                             len(raw), img.size_by_part(), img.symlinks(), len(img.entries),
                             img.kinds())
     inputs = [python, *closure, *extensions, *runtime.sources, *builder_sources,
-              *runtime.search_dirs]
-    for root, _dirs, files in os.walk(SKELETON):
-        inputs += [os.path.join(root, f) for f in files] + [root]
+              *(p for p in skeleton if not os.path.isdir(p))]
     if cfg.use_cache:
-        cache.store(params, inputs, segment)
+        cache.store(params, inputs, segment, absent=pyruntime.shadow_candidates(runtime))
     return segment, False
 
 

@@ -5,6 +5,7 @@ load, and the third-party packages with pyinit itself under /usr/lib/pyinit."""
 from __future__ import annotations
 
 import ast
+import importlib.machinery
 import importlib.util
 import io
 import json
@@ -216,6 +217,19 @@ def collect(python: str | None, extra_modules: list[str] | None = None) -> Runti
     if missing:
         raise RuntimeError_("modules the init imports cannot be shipped: " + ", ".join(missing))
     return runtime
+
+
+def shadow_candidates(runtime: Runtime) -> list[str]:
+    """Paths that do not exist now and would change what an import resolves to if they
+    appeared: NAME.py, NAME/, NAME.pyc and NAME + each extension suffix, for each top-level
+    module the init imports, in each directory imports search. (The directories' mtimes
+    would also see these, and every unrelated file written beside the sources.)"""
+    names = sorted({name.split(".")[0] for name, module in
+                    runtime.info["modules"].items()  # type: ignore[attr-defined]
+                    if module["file"] is not None})
+    suffixes = [".py", "", ".pyc", *importlib.machinery.EXTENSION_SUFFIXES]
+    return [path for directory in runtime.search_dirs for name in names for suffix in suffixes
+            if not os.path.lexists(path := os.path.join(directory, name + suffix))]
 
 
 def stdlib_zip_bytes(runtime: Runtime) -> bytes:

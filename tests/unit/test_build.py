@@ -341,3 +341,18 @@ def test_a_corrupt_compressed_module_is_one_line(kernel7: Kernel, tmp_path: Path
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert (f"{moddir}/kernel/zz_bad.ko.xz: expected a xz-compressed kernel module, found: "
             in done.stderr)
+
+
+def test_an_image_written_beside_the_sources_keeps_the_runtime_cache(kernel7: Kernel,
+                                                                     tmp_path: Path) -> None:
+    assert build(kernel7, tmp_path / "a.img").returncode == 0  # fills the cache if cold
+    beside = REPO / f".test-cache-{os.getpid()}.img"  # -o ./x.img in a clone
+    try:
+        done = build(kernel7, beside)
+        assert done.returncode == 0, done.stderr
+        assert "(python runtime from cache)" in done.stdout
+        again = build(kernel7, tmp_path / "b.img")
+    finally:
+        beside.unlink(missing_ok=True)
+    assert again.returncode == 0, again.stderr
+    assert "(python runtime from cache)" in again.stdout, again.stdout
