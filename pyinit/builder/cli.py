@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(argv: list[str]) -> int:
-    written = ""
+    state = ""  # what an interruption leaves behind, for its message
     try:
         args = parse_args(argv)
         if args.list:
@@ -214,15 +214,15 @@ def run(argv: list[str]) -> int:
             say(f"{directory}: {count} entries")
             return 0
         cfg = config_from(args)
+        state = " (no image written)"
         start = time.monotonic()
         result = build(cfg)
         output.write_atomically(cfg.output, result.data, cfg.force)
-        written = cfg.output
+        state = f" ({cfg.output} was written)"
         say(summary(cfg, result, time.monotonic() - start))
         return 0
     except Interrupted as sig:
-        done = f"{written} was written" if written else "no image written"
-        return fail(f"interrupted by {sig.name} ({done})")
+        return fail(f"interrupted by {sig.name}{state}")
     except ImportError as err:  # a package imported where it is first needed (zstandard)
         return fail(missing.message(err))
     except (BuildError, image.ImageError, cpio.CpioError, compress.CompressError,

@@ -1,5 +1,7 @@
-"""The build, top to bottom: kernel config check, runtime segment, modules, includes, fsck,
-udev, defaults, archive, compress. Each step is a plain function below ``build``."""
+"""The build, top to bottom: the checks of what was asked for (kernel version, module
+directory, includes, kernel config, module selection and vermagic), the runtime segment,
+modules, fsck, udev, defaults, includes (last: they may not replace anything the builder
+wrote), archive, compress. Each step is a plain function below ``build``."""
 
 from __future__ import annotations
 
