@@ -6,7 +6,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from pyinit.builder.cli import main
+try:
+    from pyinit.builder.cli import main
+except ImportError as err:  # a clone without `pip install -e .`: a dependency is missing
+    from pyinit.builder import missing
+
+    sys.exit(f"mkinitramfs.py: error: {missing.message(err)}")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,9 @@
 """The runtime segment cache: the Python runtime, pyinit and the skeleton are the same for
 every kernel, so their compressed archive is kept and reused while none of the files it
-was made from has changed (size, mtime and inode of each, and of the directories that
-decide what imports resolve to). Kernel-specific parts are packed fresh every build."""
+was made from has changed (size, mtime and inode of each) and none of the files that would
+change what an import resolves to has appeared. Directories are not stamped: an image
+written beside the sources must not make the next build cold. Kernel-specific parts are
+packed fresh every build."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ class Segment:
     parts: dict[str, int]
     symlinks: dict[str, str]  # image path -> target, to resolve later paths through
     entries: int
+    paths: dict[str, list[str]]  # image path -> [type letter, part]: what later parts avoid
 
 
 def _key(params: dict[str, object]) -> str:
@@ -44,24 +47,40 @@ def load(params: dict[str, object], cache: str = CACHE) -> Segment | None:
             meta = json.load(fh)
         if any(stamp(str(p[0])) != p for p in meta["inputs"]):
             return None
+        if any(os.path.lexists(p) for p in meta["absent"]):
+            return None
         with open(base + ".cpio", "rb") as fh:
             data = fh.read()
-    except (OSError, ValueError, KeyError):
-        return None
-    if hashlib.sha256(data).hexdigest() != meta["sha256"]:
-        return None
-    return Segment(data, meta["unpacked"], meta["parts"], meta["symlinks"], meta["entries"])
+        if hashlib.sha256(data).hexdigest() != meta["sha256"]:
+            return None
+        return Segment(data, meta["unpacked"], meta["parts"], meta["symlinks"],
+                       meta["entries"], meta["paths"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing, unreadable or from an older builder: rebuilt
 
 
 def store(params: dict[str, object], inputs: list[str], segment: Segment,
-          cache: str = CACHE) -> None:
+          cache: str = CACHE, absent: list[str] | None = None) -> None:
+    """Keep SEGMENT for PARAMS while the INPUTS files stay as they are and none of the
+    ABSENT paths appears."""
     os.makedirs(cache, exist_ok=True)
     base = os.path.join(cache, _key(params))
     meta = {"params": params, "inputs": [stamp(p) for p in sorted(set(inputs))],
+            "absent": sorted(set(absent or [])),
             "sha256": hashlib.sha256(segment.data).hexdigest(), "unpacked": segment.unpacked,
-            "parts": segment.parts, "symlinks": segment.symlinks, "entries": segment.entries}
+            "parts": segment.parts, "symlinks": segment.symlinks, "entries": segment.entries,
+            "paths": segment.paths}
     for suffix, payload in ((".cpio", segment.data), (".json", json.dumps(meta).encode())):
-        fd, tmp = tempfile.mkstemp(dir=cache)
+        _write_new(base + suffix, payload)
+
+
+def _write_new(path: str, payload: bytes) -> None:
+    """PAYLOAD at PATH through a temporary file, removed on any error or signal."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))
+    try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
-        os.replace(tmp, base + suffix)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -16,8 +16,21 @@ _MAGIC = {b"\x28\xb5\x2f\xfd": "zstd", b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz
           LZ4_LEGACY_MAGIC: "lz4"}
 
 
+# The levels each compressor takes (lz4: its high-compression levels; none: no level).
+LEVELS = {"zstd": (1, 22), "gzip": (0, 9), "xz": (0, 9), "lz4": (1, 12)}
+
+
 class CompressError(ValueError):
-    """Unknown format, or a stream that cannot be decompressed."""
+    """Unknown format, a level it does not take, or a stream that cannot be decompressed."""
+
+
+def check_level(fmt: str, level: int | None) -> None:
+    """Refuse a level FMT does not take (before any work, not deep in its compressor)."""
+    if level is None or fmt not in LEVELS:
+        return
+    low, high = LEVELS[fmt]
+    if not low <= level <= high:
+        raise CompressError(f"--compress-level {level}: expected {low} to {high} for {fmt}")
 
 
 def compress(data: bytes, fmt: str, level: int | None = None) -> bytes:
@@ -86,6 +99,8 @@ def decompress_one(data: bytes) -> tuple[bytes, int]:
             return xobj.decompress(data), len(xobj.unused_data)
         if fmt == "lz4":
             return _lz4_legacy(data)
+    except ImportError:
+        raise  # a package not installed is not a corrupt stream
     except (OSError, lzma.LZMAError, EOFError, zlib.error) as err:
         raise CompressError(f"corrupt {fmt} stream: {err}") from err
     except Exception as err:  # zstandard.ZstdError, lz4's LZ4BlockError

@@ -26,7 +26,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyinit.builder import compress
+from pyinit.builder import compress, hostfile
 
 SYSTEM_FILE = "/etc/pyinit/mkinitramfs.toml"
 SYSTEM_DIR = "/etc/pyinit/mkinitramfs.d"
@@ -108,8 +108,9 @@ def _check(path: str, text: str, key: str, value: Any) -> Any:
 
 def apply_file(settings: Settings, path: str) -> None:
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
+        raw = hostfile.read_regular(path)[1]
+    except hostfile.HostFileError as err:
+        raise ConfigError(f"{path}: expected a TOML file, found {err.found}") from err
     except OSError as err:
         raise ConfigError(f"{path}: expected a readable TOML file, found: {err.strerror}") \
             from err

@@ -45,10 +45,19 @@ def check_name(name: str) -> str:
     return name
 
 
-def _header(ino: int, mode: int, nlink: int, mtime: int, size: int, rdev: tuple[int, int],
-            namesize: int) -> bytes:
-    fields = (ino, mode, 0, 0, nlink, mtime, size, 0, 0, rdev[0], rdev[1], namesize, 0)
-    return MAGIC + b"".join(b"%08X" % f for f in fields)
+FIELD_MAX = 0xFFFFFFFF  # each newc header field is 8 hex digits
+
+
+def _header(name: str, ino: int, mode: int, nlink: int, mtime: int, size: int,
+            rdev: tuple[int, int], namesize: int) -> bytes:
+    fields = {"ino": ino, "mode": mode, "uid": 0, "gid": 0, "nlink": nlink, "mtime": mtime,
+              "filesize": size, "devmajor": 0, "devminor": 0, "rdevmajor": rdev[0],
+              "rdevminor": rdev[1], "namesize": namesize, "check": 0}
+    for field, value in fields.items():
+        if not 0 <= value <= FIELD_MAX:
+            raise CpioError(f"{name}: {field} {value} does not fit a newc header: expected "
+                            f"0 to {FIELD_MAX} (8 hex digits)")
+    return MAGIC + b"".join(b"%08X" % f for f in fields.values())
 
 
 def _pad(length: int) -> bytes:
@@ -86,12 +95,13 @@ def write(out: BinaryIO, entries: Iterable[Entry], mtime: int = 0) -> int:
             nlink = len(members)
             if name != members[-1]:
                 data = b""
-        head = _header(ino, entry.mode, nlink, mtime, len(data), entry.rdev, len(encoded))
+        head = _header(name, ino, entry.mode, nlink, mtime, len(data), entry.rdev,
+                       len(encoded))
         chunk = head + encoded + _pad(len(head) + len(encoded)) + data + _pad(len(data))
         out.write(chunk)
         written += len(chunk)
     encoded = TRAILER.encode() + b"\0"
-    head = _header(0, 0, 1, 0, 0, (0, 0), len(encoded))
+    head = _header(TRAILER, 0, 0, 1, 0, 0, (0, 0), len(encoded))
     tail = head + encoded + _pad(len(head) + len(encoded))
     out.write(tail)
     return written + len(tail)

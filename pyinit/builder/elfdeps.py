@@ -36,11 +36,17 @@ class ElfInfo:
 
 
 def is_elf(path: str) -> bool:
+    """Whether PATH starts as an ELF file does (never blocking on a FIFO)."""
     try:
-        with open(path, "rb") as fh:
-            return fh.read(4) == b"\x7fELF"
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return False
+    try:
+        return os.read(fd, 4) == b"\x7fELF"
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -13,6 +13,7 @@ import io
 import lzma
 import os
 import stat
+import struct
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -24,31 +25,49 @@ INTEL_UCODE = "/lib/firmware/intel-ucode"
 AMD_UCODE = "/lib/firmware/amd-ucode"
 
 
-def module_bytes(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        data = fh.read()
-    if path.endswith(".xz"):
-        return lzma.decompress(data)
-    if path.endswith(".gz"):
-        return gzip.decompress(data)
-    if path.endswith(".zst"):
-        import zstandard
+class ModuleFileError(ValueError):
+    """A module file cannot be read or decompressed; the message names it."""
 
-        return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(data))
-    return data
+
+def module_bytes(path: str) -> bytes:
+    """The uncompressed bytes of module file PATH (.ko, .ko.xz, .ko.gz or .ko.zst)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as err:
+        raise ModuleFileError(f"{path}: expected a readable kernel module, found: "
+                              f"{err.strerror}") from err
+    fmt = next((f for f in ("xz", "gz", "zst") if path.endswith("." + f)), None)
+    if fmt is None:
+        return data
+    if fmt == "zst":
+        import zstandard
+    try:
+        if fmt == "xz":
+            return lzma.decompress(data)
+        if fmt == "gz":
+            return gzip.decompress(data)
+        zobj = zstandard.ZstdDecompressor().decompressobj()
+        out = bytes(zobj.decompress(data))
+        if not getattr(zobj, "eof", True):  # zstandard versions without .eof: not checked
+            raise EOFError("the zstd stream ends early")
+        return out
+    except Exception as err:  # lzma.LZMAError, EOFError, gzip.BadGzipFile, zstandard.ZstdError
+        raise ModuleFileError(f"{path}: expected a {fmt}-compressed kernel module, found: "
+                              f"{err}") from err
 
 
 def modinfo(path: str) -> dict[str, list[str]]:
     """The .modinfo key=value entries of a module file (compressed or not)."""
+    data = module_bytes(path)
     try:
-        elf = ELFFile(io.BytesIO(module_bytes(path)))
+        elf = ELFFile(io.BytesIO(data))
         section = elf.get_section_by_name(".modinfo")
-    except (ELFError, OSError, lzma.LZMAError) as err:
-        raise ValueError(f"{path}: expected a kernel module, found: {err}") from err
+        raw = b"" if section is None else section.data()
+    except (ELFError, ValueError, IndexError, KeyError, TypeError, struct.error) as err:
+        raise ModuleFileError(f"{path}: expected a kernel module (ELF), found: {err}") from err
     info: dict[str, list[str]] = {}
-    if section is None:
-        return info
-    for item in section.data().split(b"\0"):
+    for item in raw.split(b"\0"):
         key, sep, value = item.decode(errors="replace").partition("=")
         if sep:
             info.setdefault(key, []).append(value)

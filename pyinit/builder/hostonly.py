@@ -98,8 +98,8 @@ def hostonly_modules(tree: ModuleTree, sys: str = "/sys",
     for name in drivers:
         if tree.resolve(name):
             wanted.append(name)
-    for alias in modaliases:
-        wanted.extend(tree.resolve(alias))
+    for alias in modaliases:  # drivers built in need nothing from the image
+        wanted.extend(m for m in tree.resolve(alias) if m not in tree.builtin)
     fs = tree.resolve(f"fs-{fstype}") or tree.resolve(fstype)
     wanted.extend(fs)
     return list(dict.fromkeys(wanted))

@@ -1,16 +1,15 @@
 """Assembling the image: entries by image path, each tagged with the part it belongs to,
-host files added with the symlinks along their paths, written atomically."""
+host files added with the symlinks along their paths (written out by output.py)."""
 
 from __future__ import annotations
 
 import io
 import os
 import stat
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 
-from pyinit.builder import cpio
+from pyinit.builder import cpio, hostfile
 
 
 def _norm(path: str) -> str:
@@ -73,7 +72,14 @@ class Image:
 
     def _parent_resolved(self, path: str, part: str) -> str:
         """PATH with each directory component resolved through symlinks already in the image
-        (so /lib/modules lands in usr/lib/modules when /lib -> usr/lib)."""
+        (so /lib/modules lands in usr/lib/modules when /lib -> usr/lib); its parents made."""
+        resolved = self.resolve(path)
+        self.add_dir(os.path.dirname(resolved), part=part)
+        return resolved
+
+    def resolve(self, path: str) -> str:
+        """Where PATH lands in the image: its directory components resolved through the
+        symlinks already in the image (the last component is left as it is)."""
         path = _norm(path)
         resolved = "/"
         for _ in range(40):
@@ -91,7 +97,6 @@ class Image:
                 break
         else:
             raise ImageError(f"{path}: too many levels of symbolic links in the image")
-        self.add_dir(resolved, part=part)
         return os.path.join(resolved, os.path.basename(path))
 
     def add_host_file(self, src: str, dest: str | None = None, part: str = "skeleton",
@@ -102,9 +107,7 @@ class Image:
         if dest == _norm(src):
             self._add_host_path(src, part, data, depth=0)
             return
-        st = os.stat(src)
-        with open(src, "rb") as fh:
-            content = fh.read() if data is None else data
+        st, content = _read_host(src, data)
         self._add_stat_bytes(dest, st, content, part)
 
     def _add_stat_bytes(self, dest: str, st: os.stat_result, data: bytes, part: str) -> None:
@@ -128,14 +131,8 @@ class Image:
                 rest = parts[i + 1 :]
                 self._add_host_path(os.path.join(resolved, *rest), part, data, depth + 1)
                 return
-        try:
-            st = os.stat(path)
-            if data is None:
-                with open(path, "rb") as fh:
-                    data = fh.read()
-        except OSError as err:
-            raise ImageError(f"{path}: expected a readable file, found: {err.strerror}") from err
-        self._add_stat_bytes(path, st, data, part)
+        st, content = _read_host(path, data)
+        self._add_stat_bytes(path, st, content, part)
 
     def add_tree(self, src: str, dest: str, part: str = "skeleton") -> None:
         """Copy a directory tree (rootfs-skel/) verbatim."""
@@ -175,6 +172,10 @@ class Image:
             sizes[self.parts[path]] += len(entry.data)
         return dict(sorted(sizes.items()))
 
+    def kinds(self) -> dict[str, list[str]]:
+        """Written path -> [type letter as ls -l shows it, part]."""
+        return {p: [e.kind, self.parts[p]] for p, e in self.written()}
+
     def symlinks(self) -> dict[str, str]:
         return {p: e.data.decode() for p, e in self.entries.items() if stat.S_ISLNK(e.mode)}
 
@@ -184,27 +185,13 @@ class Image:
         return buffer.getvalue()
 
 
-def write_atomically(output: str, data: bytes, force: bool) -> None:
-    """Write DATA to OUTPUT through a temporary file beside it, renamed at the end."""
-    directory = os.path.dirname(os.path.abspath(output)) or "."
-    if not os.path.isdir(directory):
-        raise ImageError(f"-o {output}: expected an existing directory {directory}, found none")
-    if os.path.exists(output) and not force:
-        raise ImageError(f"-o {output}: the file exists; expected --force to replace it")
-    free = os.statvfs(directory)
-    if free.f_bavail * free.f_frsize < len(data) + (1 << 20):
-        raise ImageError(f"-o {output}: {len(data)} bytes needed, "
-                         f"{free.f_bavail * free.f_frsize} free in {directory}")
-    fd, tmp = tempfile.mkstemp(prefix=".pyinit-", dir=directory)
+def _read_host(path: str, data: bytes | None) -> tuple[os.stat_result, bytes]:
+    """The stat of regular host file PATH and its content (DATA when given: stripped)."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, output)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
+        if data is not None:
+            return hostfile.stat_regular(path), data
+        return hostfile.read_regular(path)
+    except hostfile.HostFileError as err:
+        raise ImageError(f"{path}: {err}") from err
+    except OSError as err:
+        raise ImageError(f"{path}: expected a readable file, found: {err.strerror}") from err

@@ -1,5 +1,6 @@
-"""Kernel modules for the image: modules.dep/alias/softdep/builtin read at build time, the
-closure of what was asked for, and the compact index the init reads at boot."""
+"""Kernel modules for the image: modules.dep/alias/softdep/builtin (and the aliases of
+built-in modules, from modules.builtin.modinfo) read at build time, the closure of what
+was asked for, and the compact index the init reads at boot."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class ModuleTree:
     aliases: list[tuple[str, str]] = field(default_factory=list)
     softdeps: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
     builtin: set[str] = field(default_factory=set)
+    builtin_aliases: list[tuple[str, str]] = field(default_factory=list)  # fs-ext4 -> ext4
 
     @classmethod
     def read(cls, base: str) -> ModuleTree:
@@ -71,8 +73,13 @@ class ModuleTree:
                     else:
                         current.append(_norm(word))
                 tree.softdeps[_norm(parts[1])] = (pre, post)
-        for line in _lines(os.path.join(base, "modules.builtin")):
+        builtin_file = os.path.join(base, "modules.builtin")
+        if not os.path.isfile(builtin_file):
+            raise ModulesError(f"{builtin_file}: expected depmod's list of built-in modules "
+                               "(installed with the kernel's modules), found no file")
+        for line in _lines(builtin_file):
             tree.builtin.add(module_name(line.strip()))
+        tree.builtin_aliases = _builtin_aliases(os.path.join(base, "modules.builtin.modinfo"))
         return tree
 
     def resolve(self, name: str) -> list[str]:
@@ -80,7 +87,8 @@ class ModuleTree:
         norm = _norm(name)
         if norm in self.paths or norm in self.builtin:
             return [norm]
-        found = [mod for pattern, mod in self.aliases if fnmatch.fnmatchcase(name, pattern)]
+        found = [mod for pattern, mod in (*self.aliases, *self.builtin_aliases)
+                 if fnmatch.fnmatchcase(name, pattern)]
         return list(dict.fromkeys(found))
 
     def closure(self, names: list[str]) -> list[str]:
@@ -110,8 +118,32 @@ class ModuleTree:
     def index_text(self, kver: str, modules: list[str]) -> str:
         """The init's index for MODULES: their deps, aliases, softdeps, and all builtins."""
         paths = {mod: self.paths[mod] for mod in modules}
-        return modindex.format_index(kver, paths, self.deps, self.aliases, self.softdeps,
+        text = modindex.format_index(kver, paths, self.deps, self.aliases, self.softdeps,
                                      self.builtin)
+        # The names of built-in modules (fs-ext4, crypto-sha256), so the init resolves what
+        # it asks for by name (fs-TYPE for the root) to a builtin. Device patterns (pci:...)
+        # are left out: a driver built in needs no loading, and each pattern costs the init
+        # a regular expression at start.
+        named = [(alias, mod) for alias, mod in self.builtin_aliases
+                 if mod in self.builtin and not any(c in alias for c in ":*?[")]
+        return text + "".join(f"alias\t{alias}\t{mod}\n" for alias, mod in named)
+
+
+def _builtin_aliases(path: str) -> list[tuple[str, str]]:
+    """(alias, module) pairs of built-in modules from modules.builtin.modinfo: NUL-separated
+    ``module.key=value`` records (kernels before 5.2 have no such file: none then)."""
+    try:
+        with open(path, "rb") as fh:
+            records = fh.read().split(b"\0")
+    except FileNotFoundError:
+        return []
+    found = []
+    for record in records:
+        key, sep, value = record.decode(errors="replace").partition("=")
+        module, dot, what = key.partition(".")
+        if sep and dot and what == "alias" and value:
+            found.append((value, _norm(module)))
+    return found
 
 
 def _lines(path: str) -> list[str]:

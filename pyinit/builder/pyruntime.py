@@ -5,6 +5,7 @@ load, and the third-party packages with pyinit itself under /usr/lib/pyinit."""
 from __future__ import annotations
 
 import ast
+import importlib.machinery
 import importlib.util
 import io
 import json
@@ -15,6 +16,7 @@ import sys
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyinit import layout, lazyimport
 
@@ -43,6 +45,9 @@ OPTIMIZE = 2
 OPTIMIZE_DATACLASSES = 1
 # C libraries that third-party modules open with ctypes at run time (no DT_NEEDED names them).
 CTYPES_LIBRARIES = {"pyudev": ["udev"]}
+
+
+PROBE_TIMEOUT = 120  # seconds for the target interpreter to import the init's modules
 
 
 class RuntimeError_(RuntimeError):
@@ -83,12 +88,47 @@ def probe(python: str, modules: list[str], excludes: list[str],
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyprobe.py")
     try:
         out = subprocess.run([python, "-I", "-S", script, request], check=True,
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, errors="replace",
+                             timeout=PROBE_TIMEOUT)
     except subprocess.CalledProcessError as err:
         last = (err.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError_(f"{python}: probing its modules failed: {last}") from err
-    result: dict[str, object] = json.loads(out.stdout)
-    return result
+    except subprocess.TimeoutExpired as err:
+        raise RuntimeError_(f"{python}: expected pyprobe.py to report within {PROBE_TIMEOUT} s, "
+                            "found it still running (stopped)") from err
+    except OSError as err:
+        raise RuntimeError_(f"--python {python}: expected an executable Python, found: "
+                            f"{err.strerror}") from err
+    return checked_report(python, out.stdout)
+
+
+# What pyprobe.py prints, key by key: a Python that prints something else is refused here,
+# not deep in the build.
+REPORT: dict[str, type] = {"failed": dict, "version": list, "executable": str, "prefix": str,
+                           "zip_path": str, "stdlib": str, "platstdlib": str, "site": list,
+                           "modules": dict}
+
+
+def checked_report(python: str, text: str) -> dict[str, object]:
+    try:
+        report = json.loads(text)
+    except ValueError:
+        report = None
+    if not (isinstance(report, dict) and _well_formed(report)):
+        raise RuntimeError_(f"{python}: expected pyprobe.py's JSON report on stdout, found "
+                            f"{text.strip()[:60]!r}")
+    return report
+
+
+def _well_formed(report: dict[str, Any]) -> bool:
+    if not all(isinstance(report.get(key), kind) for key, kind in REPORT.items()):
+        return False
+    return (all(isinstance(v, str) for v in report["failed"].values())
+            and len(report["version"]) == 2
+            and all(isinstance(v, int) for v in report["version"])
+            and all(isinstance(v, str) for v in report["site"])
+            and all(isinstance(m, dict) and isinstance(m.get("file"), str | None)
+                    for m in report["modules"].values()))
 
 
 def defines_dataclasses(source: bytes) -> bool:
@@ -120,8 +160,15 @@ def collect(python: str | None, extra_modules: list[str] | None = None) -> Runti
     exe = resolve_python(python)
     info = probe(exe, INIT_MODULES + (extra_modules or []), EXCLUDES)
     if info["failed"]:
-        failures = "; ".join(f"{k}: {v}" for k, v in info["failed"].items())  # type: ignore[attr-defined]
-        raise RuntimeError_(f"{exe} cannot import what the init needs: {failures}")
+        failed: dict[str, str] = info["failed"]  # type: ignore[assignment]
+        failures = "; ".join(f"{k}: {v}" for k, v in failed.items())
+        hint = ""
+        if any("No module named 'pyinit._syscalls'" in v for v in failed.values()):
+            hint = f" (pyinit's cffi module is not built: run `pip install -e .` in {PYINIT_SRC})"
+        elif any(v.startswith("ModuleNotFoundError") for v in failed.values()):
+            hint = f" (install the missing packages for {exe}; `pip install -e .` does it for " \
+                   "the interpreter running the builder)"
+        raise RuntimeError_(f"{exe} cannot import what the init needs: {failures}{hint}")
     version = info["version"]
     if version != list(sys.version_info[:2]):
         found = ".".join(str(v) for v in version)  # type: ignore[attr-defined]
@@ -170,6 +217,19 @@ def collect(python: str | None, extra_modules: list[str] | None = None) -> Runti
     if missing:
         raise RuntimeError_("modules the init imports cannot be shipped: " + ", ".join(missing))
     return runtime
+
+
+def shadow_candidates(runtime: Runtime) -> list[str]:
+    """Paths that do not exist now and would change what an import resolves to if they
+    appeared: NAME.py, NAME/, NAME.pyc and NAME + each extension suffix, for each top-level
+    module the init imports, in each directory imports search. (The directories' mtimes
+    would also see these, and every unrelated file written beside the sources.)"""
+    names = sorted({name.split(".")[0] for name, module in
+                    runtime.info["modules"].items()  # type: ignore[attr-defined]
+                    if module["file"] is not None})
+    suffixes = [".py", "", ".pyc", *importlib.machinery.EXTENSION_SUFFIXES]
+    return [path for directory in runtime.search_dirs for name in names for suffix in suffixes
+            if not os.path.lexists(path := os.path.join(directory, name + suffix))]
 
 
 def stdlib_zip_bytes(runtime: Runtime) -> bytes:

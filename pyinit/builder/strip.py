@@ -40,9 +40,13 @@ class Stripper:
             stripped = self._strip(path) or original
             os.makedirs(self.cache, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.cache)
-            with os.fdopen(fd, "wb") as out:
-                out.write(stripped)
-            os.replace(tmp, cached)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(stripped)
+                os.replace(tmp, cached)
+            except BaseException:
+                os.unlink(tmp)
+                raise
         self.saved += len(original) - len(stripped)
         return stripped
 

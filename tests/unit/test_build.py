@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pyinit.builder import archive, config, cpio, firmware, hostonly
+from pyinit.builder import archive, config, cpio, firmware, hostonly, image, pipeline
 from pyinit.builder.kmodules import ModuleTree
+from pyinit.modindex import ModuleIndex
 from tests.vm.kernels import Kernel
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,7 +120,7 @@ def test_corrupt_image_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.img"
     bad.write_bytes(b"\x28\xb5\x2f\xfd" + b"garbage" * 10)
     done = mkinitramfs("--list", str(bad))
-    assert done.returncode == 1 and "corrupt zstd stream" in done.stderr
+    assert done.returncode == 1 and f"{bad}: corrupt zstd stream" in done.stderr
     missing = mkinitramfs("--list", str(tmp_path / "none.img"))
     assert missing.returncode == 1 and "expected a readable image" in missing.stderr
 
@@ -190,7 +191,10 @@ def test_hostonly_walks_sysfs_from_the_root_device(kernel7: Kernel, tmp_path: Pa
     sys_dir = fake_sysfs(tmp_path)
     modules = hostonly.hostonly_modules(tree, str(sys_dir), str(tmp_path / "mountinfo"))
     assert modules == ["virtio_blk", "xfs"]  # virtio_pci is built in on this kernel
-    assert "libcrc32c" in tree.closure(modules) or len(tree.closure(modules)) >= 2
+    # Neither needs another module on 7.x (xfs's crc32c is built in; libcrc32c is gone): the
+    # image carries exactly these two, in the closure's sorted order.
+    assert tree.deps["virtio_blk"] == tree.deps["xfs"] == []
+    assert tree.closure(modules) == modules
 
 
 def test_hostonly_without_a_block_device_is_a_clear_error(tmp_path: Path) -> None:
@@ -228,3 +232,127 @@ def test_firmware_named_by_a_module(kernel7: Kernel, tmp_path: Path) -> None:
     (tmp_path / info["firmware"][0]).write_bytes(b"fw")
     found, missing = firmware.firmware_files(info["firmware"] + ["absent.bin"], str(tmp_path))
     assert found == [str(tmp_path / info["firmware"][0])] and missing == ["absent.bin"]
+
+
+def test_aliases_of_builtin_modules_resolve_to_them(kernel7: Kernel, tmp_path: Path) -> None:
+    tree = ModuleTree.read(kernel7.moddir)
+    assert "ext4" in tree.builtin and "ext4" not in tree.paths  # built in on the 7.x kernel
+    assert tree.resolve("fs-ext4") == ["ext4"]
+    assert tree.closure(["fs-ext4", "virtio_blk"]) == ["virtio_blk"]
+    # The image's index names them too, so the init resolves fs-ext4 to a builtin.
+    (tmp_path / "pyinit.index").write_text(tree.index_text(kernel7.kver, ["virtio_blk"]))
+    index = ModuleIndex.load(str(tmp_path))
+    assert index.resolve("fs-ext4") == "ext4" and "ext4" in index.builtin
+    # Device patterns of built-in drivers are left out: nothing to load for them.
+    assert index.lookup("pci:v00001AF4d00001042sv00001AF4sd00001042bc01sc80i00") == []
+
+
+def other_kernels_tree(kernel: Kernel, root: Path, kver: str, builtin: str = "") -> Path:
+    """A modules directory named KVER holding KERNEL's virtio_blk module."""
+    moddir = root / "lib/modules" / kver
+    (moddir / "kernel").mkdir(parents=True)
+    tree = ModuleTree.read(kernel.moddir)
+    (moddir / "kernel/virtio_blk.ko.xz").symlink_to(
+        os.path.join(kernel.moddir, tree.paths["virtio_blk"]))
+    (moddir / "modules.dep").write_text("kernel/virtio_blk.ko.xz:\n")
+    (moddir / "modules.builtin").write_text(builtin)
+    return moddir
+
+
+@pytest.mark.parametrize("drivers", ["virtio_blk", "ext4"])  # ext4: built in, none carried
+def test_modules_of_another_kernel_are_refused(kernel7: Kernel, tmp_path: Path,
+                                               drivers: str) -> None:
+    moddir = other_kernels_tree(kernel7, tmp_path, "9.9.9-other", "kernel/fs/ext4/ext4.ko\n")
+    output = tmp_path / "i.img"
+    done = mkinitramfs("-o", str(output), "--kver", "9.9.9-other", "--kmoddir", str(moddir),
+                       "--add-drivers", drivers, "--udev", "none")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert (f"--kmoddir {moddir}: expected the modules of kernel 9.9.9-other (--kver), found "
+            f"kernel {kernel7.kver} in kernel/virtio_blk.ko.xz") in done.stderr
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(("dest", "found"), [
+    ("/init", "found /init, a file of its skeleton part"),
+    ("/usr/bin/python3", "found /usr/bin/python3, a symlink of its python runtime part"),
+    ("/lib", "found /lib, a symlink of its python runtime part"),
+    ("/usr/lib/pyinit", "found /usr/lib/pyinit, a directory of its"),
+    ("/init/x", "found /init (a parent), a file of its skeleton part"),
+    ("/lib/modules/{kver}/pyinit.index",
+     "found /usr/lib/modules/{kver}/pyinit.index, a file of its modules part"),
+    ("/etc/pyinit/cmdline", "found /etc/pyinit/cmdline, a file of its skeleton part"),
+    ("/sbin/fsck.ext4", "fsck.ext4, a symlink of its fsck part"),  # -> e2fsck on Debian
+    ("/bin/x", "found /bin/x, a file of its included part"),  # the first --include
+])
+def test_include_over_the_images_own_files_is_refused(kernel7: Kernel, tmp_path: Path,
+                                                      dest: str, found: str) -> None:
+    extra = []
+    if "fsck" in dest:
+        if pipeline.host_fsck("ext4") is None:
+            pytest.skip("this host has no fsck.ext4")
+        extra = ["--fsck", "ext4"]
+    conf = tmp_path / "c.toml"
+    conf.write_text('cmdline = "quiet"\n')
+    dest = dest.format(kver=kernel7.kver)
+    output = tmp_path / "i.img"
+    done = build(kernel7, output, "--config", str(conf), "--include", "/bin/busybox", "/bin/x",
+                 "--include", "/bin/busybox", dest, *extra)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert (f"--include /bin/busybox {dest}: expected a path the image does not have, "
+            in done.stderr and found.format(kver=kernel7.kver) in done.stderr), done.stderr
+    assert not output.exists()
+
+
+def test_include_into_a_directory_the_image_has(kernel7: Kernel, tmp_path: Path) -> None:
+    image = tmp_path / "i.img"
+    done = build(kernel7, image, "--include", "/bin/busybox", "/usr/lib/pyinit/busybox")
+    assert done.returncode == 0, done.stderr
+    listing = mkinitramfs("--list", str(image)).stdout
+    assert "usr/lib/pyinit/busybox\n" in listing
+
+
+def test_include_over_early_microcode_is_refused(tmp_path: Path) -> None:
+    intel = tmp_path / "intel-ucode"
+    intel.mkdir()
+    (intel / "06-55-04").write_bytes(b"A" * 10)
+    early = pipeline.archive_paths(firmware.microcode_archive(str(intel), str(tmp_path / "x")))
+    settings = config.Settings(include=[("/bin/busybox", "/kernel/x86/microcode/x"),
+                                        ("/bin/busybox", "/kernel/x86/microcode/GenuineIntel.bin")])
+    cfg = pipeline.Config("i.img", "7.0", str(tmp_path), settings, False, False, 0)
+    img = image.Image()
+    with pytest.raises(pipeline.BuildError,
+                       match=r"microcode/GenuineIntel.bin: expected a path the image does not "
+                             r"have, found /kernel/x86/microcode/GenuineIntel.bin, a file of "
+                             r"its microcode part"):
+        pipeline.add_includes(img, cfg, pipeline.Tools(), early)
+    assert "/kernel/x86/microcode/x" in img.entries  # a directory shared as a parent
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_compressed_module_is_one_line(kernel7: Kernel, tmp_path: Path,
+                                                 damage: str) -> None:
+    moddir = other_kernels_tree(kernel7, tmp_path, kernel7.kver)
+    good = (moddir / "kernel/virtio_blk.ko.xz").read_bytes()
+    bad = b"not xz at all" if damage == "garbage" else good[: len(good) // 2]
+    (moddir / "kernel/zz_bad.ko.xz").write_bytes(bad)
+    (moddir / "modules.dep").write_text("kernel/virtio_blk.ko.xz:\nkernel/zz_bad.ko.xz:\n")
+    done = mkinitramfs("-o", str(tmp_path / "i.img"), "--kver", kernel7.kver, "--kmoddir",
+                       str(moddir), "--add-drivers", "virtio_blk zz_bad", "--udev", "none")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert (f"{moddir}/kernel/zz_bad.ko.xz: expected a xz-compressed kernel module, found: "
+            in done.stderr)
+
+
+def test_an_image_written_beside_the_sources_keeps_the_runtime_cache(kernel7: Kernel,
+                                                                     tmp_path: Path) -> None:
+    assert build(kernel7, tmp_path / "a.img").returncode == 0  # fills the cache if cold
+    beside = REPO / f".test-cache-{os.getpid()}.img"  # -o ./x.img in a clone
+    try:
+        done = build(kernel7, beside)
+        assert done.returncode == 0, done.stderr
+        assert "(python runtime from cache)" in done.stdout
+        again = build(kernel7, tmp_path / "b.img")
+    finally:
+        beside.unlink(missing_ok=True)
+    assert again.returncode == 0, again.stderr
+    assert "(python runtime from cache)" in again.stdout, again.stdout

@@ -102,8 +102,7 @@ def test_hard_links_share_one_inode_and_one_copy_of_the_data(tmp_path: Path) -> 
 
 
 def test_hard_links_from_the_host_and_extract(tmp_path: Path) -> None:
-    from pyinit.builder import archive as images
-    from pyinit.builder import image
+    from pyinit.builder import extract, image
 
     src = tmp_path / "src"
     src.mkdir()
@@ -114,6 +113,21 @@ def test_hard_links_from_the_host_and_extract(tmp_path: Path) -> None:
     img.add_host_file(str(src / "b"), "/t/b")
     assert img.unpacked_size() == 50
     out = tmp_path / "out"
-    assert images.extract(img.archive(), str(out)) == 3
+    assert extract.extract(img.archive(), str(out)) == 3
     assert (out / "t/a").stat().st_ino == (out / "t/b").stat().st_ino
     assert (out / "t/b").read_bytes() == b"x" * 50
+
+
+@pytest.mark.parametrize(("entry", "mtime", "field"), [
+    (cpio.Entry("a", stat.S_IFREG | 0o644), 1 << 32, "mtime 4294967296"),
+    (cpio.Entry("a", stat.S_IFREG | 0o644), -1, "mtime -1"),
+    (cpio.Entry("a", stat.S_IFCHR | 0o600, rdev=(1 << 32, 0)), 0, "rdevmajor 4294967296"),
+    (cpio.Entry("a", stat.S_IFCHR | 0o600, rdev=(0, -5)), 0, "rdevminor -5"),
+])
+def test_a_value_that_does_not_fit_a_header_field_is_refused(entry: cpio.Entry, mtime: int,
+                                                             field: str) -> None:
+    # "%08X" would write 9 digits (or a minus sign): every later header would be misread.
+    with pytest.raises(cpio.CpioError, match=f"a: {field} does not fit a newc header"):
+        archive([entry], mtime)
+    last = archive([cpio.Entry("a", stat.S_IFREG | 0o644)], cpio.FIELD_MAX)  # 2106-02-07
+    assert last[6 + 8 * 5 : 6 + 8 * 6] == b"FFFFFFFF"
