@@ -15,7 +15,9 @@ class DiscoveryError(RuntimeError):
 CONTAINERS = ("raid", "crypto")  # ID_FS_USAGE of LUKS, LVM PVs and md members: never a root
 
 
-def matches(spec: RootSpec, dev: BlockDevice) -> bool:
+def matches(spec: RootSpec, dev: BlockDevice, containers: bool = False) -> bool:
+    """Whether SPEC names DEV. A container (LUKS, an LVM PV, an md member) is never named
+    by its UUID or label unless CONTAINERS (as crypttab and rd.luks.uuid= name LUKS)."""
     props = dev.props
     if spec.kind == "path":
         if spec.value == dev.node or spec.value in dev.links:
@@ -29,7 +31,8 @@ def matches(spec: RootSpec, dev: BlockDevice) -> bool:
         return os.major(st.st_rdev) == dev.devnum[0] and os.minor(st.st_rdev) == dev.devnum[1]
     if spec.kind == "devnum":
         return spec.devnum == dev.devnum
-    if spec.kind in ("uuid", "label") and props.get("ID_FS_USAGE") in CONTAINERS:
+    if spec.kind in ("uuid", "label") and props.get("ID_FS_USAGE") in CONTAINERS and \
+            not containers:
         return False  # an md member with its superblock at the end shows the array's fs too
     if spec.kind == "uuid":
         return props.get("ID_FS_UUID", "").lower() == spec.value

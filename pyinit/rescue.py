@@ -110,7 +110,7 @@ def detail(error: BaseException) -> str:
 def describe(stage: str, error: BaseException) -> list[str]:
     """The few lines a person reads: stage, what went wrong (asked/found), what to try."""
     lines = [f"boot failed in stage {stage}: {detail(error)}"]
-    hint = HINTS.get(stage)
+    hint = getattr(error, "hint", None) or HINTS.get(stage)
     if hint:
         lines.append(f"try: {hint}")
     return lines

@@ -35,7 +35,7 @@ def mode(mode_file: str = layout.UDEV_MODE_FILE) -> str | None:
         with open(mode_file, encoding="ascii") as fh:
             value = fh.read().strip()
     except OSError:
-        return "always"  # images from builders that wrote no mode file
+        return None
     return value if value in layout.UDEV_MODES else None
 
 

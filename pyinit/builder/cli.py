@@ -71,6 +71,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="copy a host file into the image (ELF files with their libraries)")
     parser.add_argument("--fsck", action="append", default=[], metavar='"TYPE ..."',
                         help="carry fsck.TYPE (with its libraries) for these filesystem types")
+    parser.add_argument("--storage", action="append", default=[], metavar='"luks lvm ..."',
+                        help="carry these storage stacks (luks, lvm, mdraid, btrfs)")
+    parser.add_argument("--luks-key", action="append", default=[], metavar="FILE[:PATH]",
+                        help="carry a LUKS key file (mode 0400; at PATH, else the same path)")
+    parser.add_argument("--crypttab", default=None, metavar="FILE",
+                        help="read crypttab entries from FILE (default: /etc/crypttab)")
     parser.add_argument("--udev", choices=config.UDEV_MODES, default=None,
                         help="carry systemd-udevd (auto: when this host has it)")
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
@@ -99,7 +105,9 @@ def config_from(args: argparse.Namespace) -> Config:
     settings.omit_drivers += _words(args.omit_drivers)
     settings.fsck += _words(args.fsck)
     settings.include += [(s, d) for s, d in args.include]
-    for key in ("compress", "compress_level", "python", "udev", "early_microcode"):
+    settings.storage += _words(args.storage)
+    settings.luks_keys += args.luks_key
+    for key in ("compress", "compress_level", "python", "udev", "early_microcode", "crypttab"):
         value = getattr(args, key)
         if value is not None:
             setattr(settings, key, value)
@@ -109,7 +117,8 @@ def config_from(args: argparse.Namespace) -> Config:
     if hostonly_mode is None:
         hostonly_mode = kver == os.uname().release and args.kmoddir is None
     return Config(args.output, kver, args.kmoddir or f"/lib/modules/{kver}", settings,
-                  hostonly_mode, args.force, source_date_epoch(), args.cache)
+                  hostonly_mode, args.force, source_date_epoch(), args.cache,
+                  running_kernel=kver == os.uname().release and args.kmoddir is None)
 
 
 def source_date_epoch() -> int:
@@ -161,6 +170,12 @@ def summary(cfg: Config, result: Result, seconds: float) -> str:
             lines.append(f"  {part:<16} {size / 1e6:8.2f} MB")
     if result.firmware_missing:
         lines.append("  firmware not on this host: " + ", ".join(result.firmware_missing))
+    if result.storage is not None and result.storage.stacks:
+        lines.append(f"  storage: {', '.join(result.storage.stacks)} ("
+                     f"{'; '.join(result.storage.reasons)})")
+    if result.udev is not None:
+        lines.append(f"  udev: {result.udev.mode or 'none'} ({result.udev.reason})")
+    lines += [f"  note: {note}" for note in result.notes]
     return "\n".join(lines)
 
 

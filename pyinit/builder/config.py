@@ -10,6 +10,10 @@ order, then each --config FILE; the command line overrides them all (lists add u
     rescue_shell = "/bin/busybox"          # a shell for the rescue console
     fsck = ["ext4"]                        # carry fsck.TYPE
     udev = "auto"                          # auto, systemd or none
+    udev_rules = ["/etc/udev/rules.d/70-mine.rules"]  # extra rules (udevd always runs)
+    storage = ["luks", "lvm"]              # storage stacks: luks, lvm, mdraid, btrfs
+    luks_keys = ["/etc/keys/root.key"]     # LUKS key files to carry (mode 0400), FILE[:PATH]
+    crypttab = "/etc/crypttab"             # where the crypttab entries come from
     cmdline = "rd.timeout=30"              # default kernel options (the real line wins)
     early_microcode = true
     python = "/usr/bin/python3.11"
@@ -47,6 +51,10 @@ class Settings:
     rescue_shell: str | None = None
     fsck: list[str] = field(default_factory=list)
     udev: str = "auto"
+    udev_rules: list[str] = field(default_factory=list)
+    storage: list[str] = field(default_factory=list)
+    luks_keys: list[str] = field(default_factory=list)
+    crypttab: str = "/etc/crypttab"
     cmdline: str = ""
     early_microcode: bool = True
     python: str | None = None
@@ -55,7 +63,7 @@ class Settings:
 
 UDEV_MODES = ("auto", "systemd", "none")
 CHOICES = {"compress": compress.FORMATS, "udev": UDEV_MODES}
-LISTS = ("add_drivers", "omit_drivers", "fsck")
+LISTS = ("add_drivers", "omit_drivers", "fsck", "udev_rules", "storage", "luks_keys")
 
 
 def _line_of(text: str, key: str) -> int:
@@ -97,7 +105,7 @@ def _check(path: str, text: str, key: str, value: Any) -> Any:
         if value not in CHOICES[key]:
             raise fail("one of " + ", ".join(CHOICES[key]))
         return value
-    if key in ("cmdline", "rescue_shell", "python"):
+    if key in ("cmdline", "rescue_shell", "python", "crypttab"):
         if not isinstance(value, str):
             raise fail("a string")
         return value

@@ -26,6 +26,7 @@ class Image:
     entries: dict[str, cpio.Entry] = field(default_factory=dict)
     parts: dict[str, str] = field(default_factory=dict)
     base: set[str] = field(default_factory=set)  # known from an earlier segment: not written
+    provided: set[str] = field(default_factory=set)  # files an earlier segment carries
 
     def seed_symlink(self, path: str, target: str) -> None:
         """A symlink an earlier segment of the image already made (/lib -> usr/lib): paths
@@ -56,8 +57,11 @@ class Image:
 
     def add_bytes(self, path: str, data: bytes, mode: int = 0o644, part: str = "skeleton",
                   link: str = "") -> None:
-        """A regular file; files added with one LINK key become hard links of each other."""
+        """A regular file; files added with one LINK key become hard links of each other.
+        A file an earlier segment of the image carries already (PROVIDED) is not added."""
         path = self._parent_resolved(path, part)
+        if path in self.provided:
+            return
         self._put(path, cpio.Entry(path.lstrip("/"), stat.S_IFREG | mode, data, link=link),
                   part)
 

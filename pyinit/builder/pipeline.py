@@ -10,7 +10,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 
-from pyinit import layout, libfind
+from pyinit import execinit, layout, libfind
 from pyinit.builder import (
     cache,
     compress,
@@ -23,9 +23,11 @@ from pyinit.builder import (
     image,
     kmodules,
     pyruntime,
+    stacks,
     strip,
 )
 from pyinit.modindex import INDEX_NAME
+from pyinit.storage import STACKS, stack_module
 
 SKELETON = os.path.join(pyruntime.PYINIT_SRC, "rootfs-skel")
 # The runtime part is compressed once and cached, so it gets zstd's slow, small level
@@ -47,6 +49,7 @@ class Config:
     force: bool
     mtime: int
     use_cache: bool = True
+    running_kernel: bool = False  # KVER is the running kernel and no --kmoddir was given
 
 
 @dataclass
@@ -58,6 +61,9 @@ class Result:
     modules: list[str] = field(default_factory=list)
     firmware_missing: list[str] = field(default_factory=list)
     cached_runtime: bool = False
+    storage: stacks.Plan | None = None
+    udev: Udev | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -76,22 +82,31 @@ def build(cfg: Config) -> Result:
     check_includes(cfg)
     kconfig = kernel_config(cfg)
     check_kernel_config(cfg, kconfig)
-    tree = kmodules.ModuleTree.read(cfg.kmoddir)
-    modules = select_modules(cfg, tree)
-    check_vermagic(cfg, tree, modules)
+    tree = module_tree(cfg)
+    storage = plan_storage(cfg, tree)
+    udev = decide_udev(cfg, storage)
+    modules = select_modules(cfg, tree, storage) if tree is not None else []
+    if tree is not None:
+        check_vermagic(cfg, tree, modules)
     tools = Tools()
-    runtime, cached = runtime_segment(cfg, tools)
+    runtime, cached = runtime_segment(cfg, tools, storage)
     img = kernel_image(runtime)
     missing = add_modules(img, cfg, tree, modules,
-                          kernel_option(kconfig, "CONFIG_MODULE_DECOMPRESS"))
+                          kernel_option(kconfig, "CONFIG_MODULE_DECOMPRESS")) if tree else []
+    add_storage(img, storage, tools)
     add_fsck(img, cfg, tools)
-    add_udev(img, tools, cfg.settings.udev)
-    add_defaults(img, cfg)
+    add_udev(img, tools, udev, storage, cfg.settings.udev_rules)
+    add_defaults(img, cfg, storage)
     early = firmware.microcode_archive() if cfg.settings.early_microcode else b""
     add_includes(img, cfg, tools, {**runtime.paths, **archive_paths(early)})
     raw = img.archive(cfg.mtime)
-    kernel_part = compress.compress(raw, cfg.settings.compress, cfg.settings.compress_level)
-    return assemble(early, runtime, cached, img, raw, kernel_part, modules, missing)
+    kernel_part = compress.compress(raw, cfg.settings.compress, kernel_part_level(cfg, raw))
+    result = assemble(early, runtime, cached, img, raw, kernel_part, modules, missing)
+    result.storage, result.udev = storage, udev
+    if tree is None:
+        result.notes.append(f"no {cfg.kmoddir}: the running kernel has no modules, so the "
+                            "image carries none (its drivers must be built in)")
+    return result
 
 
 # What uname -r prints; the version names a directory in the image (lib/modules/KVER).
@@ -99,11 +114,13 @@ KVER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")
 
 
 def check_target(cfg: Config) -> None:
-    """The kernel version is safe as a path component and its modules directory exists."""
+    """The kernel version is safe as a path component and its modules directory exists
+    (the running kernel may have none: then everything it needs is built in)."""
     if not KVER.fullmatch(cfg.kver):
         raise BuildError(f"--kver {cfg.kver!r}: expected a kernel release as uname -r prints "
                          "it (letters, digits and ._+~-, no '/')")
-    if not os.path.isdir(cfg.kmoddir):
+    asked = cfg.settings.add_drivers or cfg.settings.storage
+    if not os.path.isdir(cfg.kmoddir) and not (cfg.running_kernel and not asked):
         raise BuildError(f"--kmoddir {cfg.kmoddir}: expected the modules of kernel "
                          f"{cfg.kver}, found no directory")
 
@@ -120,6 +137,25 @@ def check_vermagic(cfg: Config, tree: kmodules.ModuleTree, modules: list[str]) -
         found = f"kernel {magic[0]}" if magic else "no vermagic="
         raise BuildError(f"--kmoddir {cfg.kmoddir}: expected the modules of kernel {cfg.kver} "
                          f"(--kver), found {found} in {rel}")
+
+
+# A kernel part this small (an fsck, a few modules) gets zstd's slow, small level too: 10%
+# smaller for under 0.5 s; a large one (a generic image's tools) keeps level 9.
+SMALL_KERNEL_PART = 2 << 20
+
+
+def kernel_part_level(cfg: Config, raw: bytes) -> int | None:
+    level = cfg.settings.compress_level
+    if level is None and cfg.settings.compress == "zstd" and len(raw) <= SMALL_KERNEL_PART:
+        return RUNTIME_ZSTD_LEVEL
+    return level
+
+
+def module_tree(cfg: Config) -> kmodules.ModuleTree | None:
+    """The target kernel's modules, or None for a running kernel that has no directory."""
+    if not os.path.isdir(cfg.kmoddir):
+        return None
+    return kmodules.ModuleTree.read(cfg.kmoddir)
 
 
 def kernel_config(cfg: Config) -> KernelConfig:
@@ -173,9 +209,12 @@ def find_library(resolver: elfdeps.Resolver, name: str) -> str:
     return path
 
 
-def runtime_segment(cfg: Config, tools: Tools) -> tuple[cache.Segment, bool]:
-    """The Python runtime, pyinit and the skeleton as one compressed archive (cached)."""
+def runtime_segment(cfg: Config, tools: Tools,
+                    storage: stacks.Plan) -> tuple[cache.Segment, bool]:
+    """The Python runtime, pyinit (with the storage stacks' modules) and the skeleton as one
+    compressed archive (cached)."""
     python = pyruntime.resolve_python(cfg.settings.python)
+    modules = pyruntime.INIT_MODULES + [m for n in storage.needs for m in n.python]
     builder_sources = sorted(
         os.path.join(d, n) for d in (os.path.dirname(__file__), os.path.dirname(
             os.path.dirname(__file__))) for n in os.listdir(d) if n.endswith((".py", ".so")))
@@ -184,7 +223,7 @@ def runtime_segment(cfg: Config, tools: Tools) -> tuple[cache.Segment, bool]:
     params: dict[str, object] = {
         "python": python, "compress": cfg.settings.compress,
         "level": cfg.settings.compress_level, "mtime": cfg.mtime,
-        "modules": pyruntime.INIT_MODULES, "excludes": pyruntime.EXCLUDES,
+        "modules": modules, "excludes": pyruntime.EXCLUDES,
         "builder": [cache.stamp(p) for p in builder_sources],
         "skeleton": skeleton,  # a file added to rootfs-skel/ is a new key
     }
@@ -193,7 +232,7 @@ def runtime_segment(cfg: Config, tools: Tools) -> tuple[cache.Segment, bool]:
         if cached is not None:
             return cached, True
     img = image.Image()
-    runtime = pyruntime.collect(python)
+    runtime = pyruntime.collect(python, modules[len(pyruntime.INIT_MODULES):])
     extensions = sorted(runtime.files.values())
     ctypes_libs = [find_library(tools.resolver, name) for name in runtime.libraries]
     closure = add_elf_closure(img, tools, [runtime.executable, *extensions, *ctypes_libs],
@@ -228,15 +267,23 @@ def runtime_segment(cfg: Config, tools: Tools) -> tuple[cache.Segment, bool]:
 
 
 def kernel_image(runtime: cache.Segment) -> image.Image:
-    """The kernel-specific part, resolving paths through the runtime segment's symlinks."""
+    """The kernel-specific part, resolving paths through the runtime segment's symlinks and
+    leaving out the files it already carries (libc for fsck, udevd and the storage tools)."""
     img = image.Image()
     for path, target in sorted(runtime.symlinks.items()):
         img.seed_symlink(path, target)
+    img.provided.update(p for p, (kind, _part) in runtime.paths.items() if kind == "-")
     return img
 
 
-def select_modules(cfg: Config, tree: kmodules.ModuleTree) -> list[str]:
+def select_modules(cfg: Config, tree: kmodules.ModuleTree, storage: stacks.Plan) -> list[str]:
     wanted = list(cfg.settings.add_drivers)
+    for needs in storage.needs:
+        for name in needs.modules:
+            if not tree.resolve(name):
+                raise BuildError(f"storage {needs.python[0].rsplit('.', 1)[1]}: expected the "
+                                 f"kernel module {name} in {cfg.kmoddir}, found none")
+        wanted += [*needs.modules, *(m for m in needs.optional_modules if tree.resolve(m))]
     if cfg.hostonly:
         try:
             wanted += hostonly.hostonly_modules(tree)
@@ -371,29 +418,119 @@ UDEV_RULES = ("50-udev-default.rules", "60-block.rules", "60-persistent-storage.
 UDEV_HELPERS = ("/lib/udev/ata_id", "/lib/udev/scsi_id")  # run by 60-persistent-storage
 
 
-def add_udev(img: image.Image, tools: Tools, mode: str) -> None:
-    if mode == "none" or (mode == "auto" and not os.path.exists(layout.UDEVD)):
+@dataclass
+class Udev:
+    """Whether the image carries systemd-udevd, when the init starts it, and why."""
+
+    mode: str | None  # pyinit.layout.UDEV_MODES, or None: not carried
+    reason: str
+
+
+def decide_udev(cfg: Config, storage: stacks.Plan) -> Udev:
+    """--udev auto carries udevd only when the image needs it: rules added in the
+    configuration, or dm/md devices that a systemd root expects udev to have seen."""
+    asked = cfg.settings.udev
+    have = os.path.exists(layout.UDEVD) and os.path.exists(layout.UDEVADM)
+    if asked == "none":
+        return Udev(None, "--udev none")
+    if asked == "systemd":
+        if not have:
+            raise BuildError(f"--udev systemd: expected {layout.UDEVD} and {layout.UDEVADM} "
+                             "on this host (Debian's udev package), found none")
+        return Udev("always", "asked for (--udev systemd)")
+    if cfg.settings.udev_rules:
+        return Udev("always" if have else None, "udev rules added in the configuration"
+                    + ("" if have else ", but this host has no systemd-udevd"))
+    if not storage.dm_or_md:
+        return Udev(None, "no dm or md stack needs it")
+    if cfg.hostonly and not execinit.is_systemd("/sbin/init"):
+        return Udev(None, "dm/md devices, but this host's init is not systemd")
+    if not have:
+        return Udev(None, "dm/md devices for a systemd root, but this host has no "
+                    "systemd-udevd: the root's udevd will not see them as ready")
+    return Udev("storage", "dm/md devices for a systemd root: their udev database must "
+                "survive into it (started only when a stack activates)")
+
+
+def add_udev(img: image.Image, tools: Tools, udev: Udev, storage: stacks.Plan,
+             extra_rules: list[str]) -> None:
+    if udev.mode is None:
         return
     for path in (layout.UDEVD, layout.UDEVADM):
-        if not os.path.exists(path):
-            raise BuildError(f"--udev {mode}: expected {path} on this host (Debian's udev "
-                             "package), found none")
         add_tool(img, tools, path, path, "udev")
-    for helper in UDEV_HELPERS:
-        if os.path.exists(helper):
-            add_tool(img, tools, helper, helper, "udev")
+    rules = [*stacks.udev_rules(storage)]
+    if udev.mode == "always":
+        rules = [*UDEV_RULES, *rules]
+        for helper in UDEV_HELPERS:
+            if os.path.exists(helper):
+                add_tool(img, tools, helper, helper, "udev")
     groups: set[str] = set()
-    for rule in UDEV_RULES:
-        path = os.path.join(layout.UDEV_RULES_DIR, rule)
+    paths = [os.path.join(layout.UDEV_RULES_DIR, rule) for rule in dict.fromkeys(rules)]
+    for path in [*paths, *extra_rules]:
         if os.path.exists(path):
             img.add_host_file(path, part="udev")
-            with open(path, encoding="utf-8") as fh:
-                groups.update(re.findall(r'GROUP="([^"]+)"', fh.read()))
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                text = fh.read()
+            groups.update(re.findall(r'GROUP="([^"]+)"', text))
+            if "dmsetup" in text and os.path.exists(stacks.DMSETUP):
+                add_tool(img, tools, stacks.DMSETUP, stacks.DMSETUP, "udev")
+    if any(s in storage.stacks for s in ("luks", "lvm")):
+        img.add_bytes(os.path.join(layout.UDEV_RULES_DIR, stacks.DM_PERSIST_RULE),
+                      stacks.DM_PERSIST_TEXT.encode(), part="udev")
     # The rules name groups (disk, cdrom, ...): udevd needs them resolvable.
     img.add_bytes("/etc/group", group_file(groups).encode(), part="udev")
     img.add_bytes("/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", part="udev")
     if os.path.exists("/etc/udev/udev.conf"):
         img.add_host_file("/etc/udev/udev.conf", part="udev")
+    img.add_bytes(layout.UDEV_MODE_FILE, udev.mode.encode() + b"\n", part="udev")
+
+
+def plan_storage(cfg: Config, tree: kmodules.ModuleTree | None) -> stacks.Plan:
+    """The storage stacks the image carries: asked for, under the host's root (host-only),
+    or, for a generic image, every one the kernel supports."""
+    settings = cfg.settings
+    generic = []
+    if not cfg.hostonly and not settings.add_drivers and tree is not None:
+        generic = [s for s in STACKS
+                   if all(tree.resolve(m) for m in stack_module(s).NEEDS.modules)]
+    host = None
+    cmdline: list[str] = []
+    if cfg.hostonly:
+        try:
+            devnum, fstype, _source = hostonly.root_mount()
+            host, cmdline = stacks.host_stack(devnum, fstype)
+        except (hostonly.HostOnlyError, OSError) as err:
+            raise BuildError(f"--hostonly: {err}") from err
+    try:
+        plan = stacks.plan(settings.storage, cfg.hostonly, generic, settings.luks_keys,
+                           settings.crypttab, host=host)
+    except stacks.StackError as err:
+        raise BuildError(str(err)) from err
+    plan.cmdline += cmdline
+    return plan
+
+
+def add_storage(img: image.Image, storage: stacks.Plan, tools: Tools) -> None:
+    """Each carried stack's tools (with their libraries, and those they dlopen), its
+    directories and its files."""
+    for tool in storage.tools:
+        if not os.path.exists(tool):
+            package = stacks.PACKAGES.get(os.path.basename(tool), "")
+            raise BuildError(f"storage: expected {tool} on this host"
+                             + (f" (Debian's {package} package)" if package else "")
+                             + ", found none")
+        add_tool(img, tools, tool, tool, "storage")
+    for soname in dict.fromkeys(lib for n in storage.needs for lib in n.libraries):
+        path = next((os.path.join(d, soname) for d in tools.resolver.system_dirs
+                     if os.path.exists(os.path.join(d, soname))), None)
+        if path is None:
+            raise BuildError(f"storage: expected {soname} in one of "
+                             f"{', '.join(tools.resolver.system_dirs)}, found none")
+        add_elf_closure(img, tools, [path], "storage", skip=set())
+    for directory in dict.fromkeys(d for n in storage.needs for d in n.dirs):
+        img.add_dir(directory, 0o700, part="storage")
+    for path, (data, mode) in sorted(storage.files.items()):
+        img.add_bytes(path, data, mode, part="storage")
 
 
 def group_file(names: set[str], host: str = "/etc/group") -> str:
@@ -410,11 +547,12 @@ def group_file(names: set[str], host: str = "/etc/group") -> str:
     return "\n".join(sorted(lines)) + "\n"
 
 
-def add_defaults(img: image.Image, cfg: Config) -> None:
-    """The default kernel options from the configuration (the real command line wins)."""
-    if cfg.settings.cmdline:
-        img.add_bytes(layout.DEFAULT_CMDLINE, cfg.settings.cmdline.encode() + b"\n",
-                      part="skeleton")
+def add_defaults(img: image.Image, cfg: Config, storage: stacks.Plan) -> None:
+    """The default kernel options: the configuration's, then what a host-only image knows
+    of its storage (rd.lvm.lv=, resume=); the real command line wins over both."""
+    words = " ".join(w for w in (cfg.settings.cmdline, *storage.cmdline) if w)
+    if words:
+        img.add_bytes(layout.DEFAULT_CMDLINE, words.encode() + b"\n", part="skeleton")
 
 
 def assemble(early: bytes, runtime: cache.Segment, cached: bool, img: image.Image, raw: bytes,

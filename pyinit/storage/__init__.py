@@ -33,6 +33,9 @@ PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 class StorageError(RuntimeError):
     """A stack could not be brought up; the message names the device and what to do."""
 
+    hint = ("the message names the device and what it needs; rd.luks=0, rd.lvm=0 or "
+            "rd.md=0 leave a stack out, rd.break=discover opens the console first")
+
 
 class Needs(NamedTuple):
     """The build half of a stack: what an image that carries it needs from the host."""

@@ -275,7 +275,8 @@ class Luks:
         from pyinit.match import matches
 
         for volume in self.volumes:
-            if matches(volume.spec, dev) and ("noauto" not in volume.options or volume.named):
+            if matches(volume.spec, dev, containers=True) and \
+                    ("noauto" not in volume.options or volume.named):
                 return volume
         if self.auto:
             uuid = dev.props.get("ID_FS_UUID", "").lower()

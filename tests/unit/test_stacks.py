@@ -1,0 +1,121 @@
+"""The builder's storage plan: the stack under a root read from a fake sysfs, the crypttab
+entries an image needs, and the files and defaults each stack brings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pyinit import layout
+from pyinit.builder import stacks
+from pyinit.storage import STACKS, lvm
+
+LUKS_HEX = "0123abcd00004000800000000000000a"
+LUKS_UUID = "0123abcd-0000-4000-8000-00000000000a"
+
+
+def block(sys_dir: Path, name: str, devnum: str, slaves: tuple[str, ...] = (),
+          dm: tuple[str, str] | None = None, md: bool = False) -> Path:
+    path = sys_dir / "devices/virtual/block" / name
+    path.mkdir(parents=True)
+    (path / "dev").write_text(devnum + "\n")
+    (path / "slaves").mkdir()
+    for slave in slaves:
+        os.symlink(sys_dir / "devices/virtual/block" / slave, path / "slaves" / slave)
+    if dm:
+        (path / "dm").mkdir()
+        (path / "dm/name").write_text(dm[0] + "\n")
+        (path / "dm/uuid").write_text(dm[1] + "\n")
+    if md:
+        (path / "md").mkdir()
+    (sys_dir / "dev/block").mkdir(parents=True, exist_ok=True)
+    os.symlink(path, sys_dir / "dev/block" / devnum)
+    return path
+
+
+def debian_layout(sys_dir: Path) -> None:
+    """Debian's encrypted LVM (LUKS2, VG debian-vg with root and swap_1), here on an md
+    array, so that one walk meets all three stacks."""
+    block(sys_dir, "vda1", "254:1")
+    block(sys_dir, "vdb1", "254:17")
+    block(sys_dir, "md0", "9:0", ("vda1", "vdb1"), md=True)
+    block(sys_dir, "dm-0", "253:0", ("md0",),
+          dm=("vda1_crypt", f"CRYPT-LUKS2-{LUKS_HEX}-vda1_crypt"))
+    block(sys_dir, "dm-1", "253:1", ("dm-0",), dm=("debian--vg-root", "LVM-abcdefxyz"))
+    block(sys_dir, "dm-2", "253:2", ("dm-0",), dm=("debian--vg-swap_1", "LVM-abcdefxyw"))
+
+
+def test_the_stack_under_the_root_is_read_from_sysfs(tmp_path: Path) -> None:
+    debian_layout(tmp_path)
+    found = stacks.walk((253, 1), str(tmp_path))
+    assert found.stacks == {"luks", "lvm", "mdraid"}
+    assert found.luks == [(LUKS_UUID, "vda1_crypt")]
+    assert found.lvs == [("debian-vg", "root")]
+    stacks.walk((253, 2), str(tmp_path), found)  # the resume device adds its volume
+    assert found.lvs == [("debian-vg", "root"), ("debian-vg", "swap_1")]
+    assert stacks.walk((254, 1), str(tmp_path)).stacks == set()  # a plain partition
+
+
+CRYPTTAB = f"""# <target> <source> <key> <options>
+vda1_crypt UUID={LUKS_UUID} none luks,discard
+home UUID=11111111-2222-4333-8444-555555555555 none luks
+usb /dev/disk/by-label/usb none luks,initramfs
+"""
+
+
+def test_host_only_carries_the_crypttab_entries_its_stack_needs(tmp_path: Path) -> None:
+    crypttab = tmp_path / "crypttab"
+    crypttab.write_text(CRYPTTAB)
+    host = stacks.HostStack({"luks", "lvm"}, [(LUKS_UUID, "vda1_crypt")],
+                            [("debian-vg", "root")])
+    plan = stacks.plan([], hostonly=True, generic=[], luks_keys=[],
+                       crypttab=str(crypttab), mdadm_conf=str(tmp_path / "none"), host=host)
+    assert plan.stacks == ["luks", "lvm"]
+    assert plan.files["/etc/crypttab"] == (
+        (f"vda1_crypt UUID={LUKS_UUID} none luks,discard\n"
+         "usb /dev/disk/by-label/usb none luks,initramfs\n").encode(), 0o600)
+    assert plan.files[layout.STORAGE_FILE][0] == b"luks\nlvm\n"
+    assert plan.files[lvm.LVM_CONF][0] == lvm.LVM_CONF_TEXT.encode()
+    assert plan.cmdline == ["rd.lvm.lv=debian-vg/root"]
+    assert plan.dm_or_md and "/sbin/cryptsetup" in plan.tools
+
+
+def test_a_generic_image_carries_every_stack_and_a_plain_one_none(tmp_path: Path) -> None:
+    generic = stacks.plan([], hostonly=False, generic=list(STACKS), luks_keys=[],
+                          crypttab=str(tmp_path / "none"), mdadm_conf=str(tmp_path / "none"))
+    assert generic.stacks == list(STACKS) and generic.cmdline == []
+    plain = stacks.plan([], hostonly=True, generic=[], luks_keys=[],
+                        crypttab=str(tmp_path / "none"), host=stacks.HostStack())
+    assert plain.stacks == [] and plain.files == {} and not plain.dm_or_md
+
+
+def test_key_files_and_bad_names(tmp_path: Path) -> None:
+    key = tmp_path / "root.key"
+    key.write_bytes(b"k" * 32)
+    plan = stacks.plan([], hostonly=False, generic=[], luks_keys=[str(key)],
+                       crypttab=str(tmp_path / "none"))
+    assert plan.stacks == ["luks"] and plan.files[str(key)] == (b"k" * 32, 0o400)
+    with pytest.raises(stacks.StackError, match=r"--luks-key /nonexistent: expected a "
+                                                r"regular file, found nothing"):
+        stacks.plan([], hostonly=False, generic=[], luks_keys=["/nonexistent"])
+    with pytest.raises(stacks.StackError, match=r"--storage zfs: expected some of luks, lvm"):
+        stacks.plan(["zfs"], hostonly=False, generic=[], luks_keys=[])
+
+
+def test_mdadm_conf_only_with_arrays_and_resume_from_initramfs_tools(tmp_path: Path) -> None:
+    conf = tmp_path / "mdadm.conf"
+    conf.write_text("HOMEHOST <system>\n")
+    plan = stacks.plan(["mdraid"], hostonly=False, generic=[], luks_keys=[],
+                       mdadm_conf=str(conf))
+    assert "/etc/mdadm/mdadm.conf" not in plan.files
+    conf.write_text("ARRAY /dev/md/0 metadata=1.2 UUID=a1b2c3d4:e5f60718:293a4b5c:6d7e8f90\n")
+    plan = stacks.plan(["mdraid"], hostonly=False, generic=[], luks_keys=[],
+                       mdadm_conf=str(conf))
+    assert plan.files["/etc/mdadm/mdadm.conf"][0].startswith(b"ARRAY /dev/md/0")
+    resume = tmp_path / "resume"
+    resume.write_text("RESUME=UUID=0a1b-2c3d\n")
+    assert stacks.resume_setting(str(resume)) == "UUID=0a1b-2c3d"
+    resume.write_text("RESUME=none\n")
+    assert stacks.resume_setting(str(resume)) is None

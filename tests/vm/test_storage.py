@@ -1,0 +1,336 @@
+"""The installs people have: LUKS1/LUKS2, LVM, mdraid and btrfs subvolumes, stacked in any
+order, on the 7.x kernel (the 6.1 kernel boots the Debian layout too), with disks made in
+a provisioning VM (tests/vm/provision.py) and cached by recipe."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.vm import harness, provision
+from tests.vm.conftest import DRIVERS
+from tests.vm.kernels import Kernel
+
+UNATTENDED = "rd.shell=0 rd.emergency=poweroff"
+PASSPHRASE = "correct horse"
+KEY = bytes(range(64))  # the key file's contents
+KEY_PATH = "/etc/keys/root.key"
+ROOT_UUID = "7e57f00d-0000-4000-8000-000000000001"
+LUKS_UUID = "7e57f00d-0000-4000-8000-0000000000a1"
+LUKS1_UUID = "7e57f00d-0000-4000-8000-0000000000a2"
+INNER_LUKS_UUID = "7e57f00d-0000-4000-8000-0000000000a3"
+STACK_LUKS_UUID = "7e57f00d-0000-4000-8000-0000000000a4"
+ARGON = "--pbkdf argon2id --pbkdf-memory 32768 --pbkdf-force-iterations 4"
+STORAGE = ["--storage", "luks lvm mdraid btrfs"]
+
+
+def luks_format(device: str, uuid: str, version: int = 2) -> str:
+    kdf = ARGON if version == 2 else "--pbkdf-force-iterations 1000"
+    return (f"echo -n '{PASSPHRASE}' | /sbin/cryptsetup luksFormat --batch-mode --type "
+            f"luks{version} {kdf} --uuid {uuid} {device} -\n"
+            f"echo -n '{PASSPHRASE}' | /sbin/cryptsetup luksAddKey --batch-mode "
+            f"{kdf if version == 2 else ''} --key-file - {device} /root.key\n")
+
+
+def luks_open(device: str, name: str) -> str:
+    return f"/sbin/cryptsetup open --key-file /root.key {device} {name}\n"
+
+
+@pytest.fixture(scope="session")
+def root_input(root_tree: Path) -> provision.Input:
+    return provision.ext4_input(str(root_tree), 40, ROOT_UUID, "stackroot")
+
+
+def recipe(name: str, disks: list[provision.Disk], script: str,
+           root_input: provision.Input) -> provision.Recipe:
+    return provision.Recipe(name, disks, script, [root_input], {"/root.key": KEY})
+
+
+@pytest.fixture(scope="session")
+def disks(kernel7: Kernel, root_input: provision.Input) -> dict[str, dict[str, str]]:
+    """Every recipe's cached disks, made once per cache (one provisioning boot each)."""
+    recipes = [
+        recipe("luks2", [provision.Disk("d", 64)],
+               luks_format("/dev/vda", LUKS_UUID) + luks_open("/dev/vda", "r")
+               + "/bin/busybox dd if=/dev/vdb of=/dev/mapper/r bs=1M\n"
+               "/sbin/cryptsetup close r\n", root_input),
+        recipe("luks1", [provision.Disk("d", 64)],
+               luks_format("/dev/vda", LUKS1_UUID, 1) + luks_open("/dev/vda", "r")
+               + "/bin/busybox dd if=/dev/vdb of=/dev/mapper/r bs=1M\n"
+               "/sbin/cryptsetup close r\n", root_input),
+        # Debian's "guided, encrypted LVM": a LUKS partition, VG debian-vg, LVs root, swap_1.
+        recipe("debian-layout", [provision.Disk("d", 300, [("cryptlvm", 0)])],
+               luks_format("/dev/vda1", LUKS_UUID) + luks_open("/dev/vda1", "vda1_crypt")
+               + "/sbin/lvm pvcreate -y /dev/mapper/vda1_crypt\n"
+               "/sbin/lvm vgcreate -y debian-vg /dev/mapper/vda1_crypt\n"
+               "/sbin/lvm lvcreate -y -L 48M -n root debian-vg\n"
+               "/sbin/lvm lvcreate -y -l 100%FREE -n swap_1 debian-vg\n"
+               "/bin/busybox dd if=/dev/vdb of=/dev/debian-vg/root bs=1M\n"
+               "/sbin/mkswap /dev/debian-vg/swap_1\n"
+               "/sbin/lvm vgchange -an debian-vg\n/sbin/cryptsetup close vda1_crypt\n",
+               root_input),
+        recipe("luks-on-lvm", [provision.Disk("d", 96)],
+               "/sbin/lvm pvcreate -y /dev/vda\n/sbin/lvm vgcreate -y vg0 /dev/vda\n"
+               "/sbin/lvm lvcreate -y -L 64M -n cryptroot vg0\n"
+               + luks_format("/dev/vg0/cryptroot", INNER_LUKS_UUID)
+               + luks_open("/dev/vg0/cryptroot", "inner")
+               + "/bin/busybox dd if=/dev/vdb of=/dev/mapper/inner bs=1M\n"
+               "/sbin/cryptsetup close inner\n/sbin/lvm vgchange -an vg0\n", root_input),
+        recipe("raid1", [provision.Disk("a", 48), provision.Disk("b", 48)],
+               "/sbin/mdadm --create /dev/md0 --run --level=1 --raid-devices=2 "
+               "--metadata=1.2 --assume-clean /dev/vda /dev/vdb\n"
+               "/bin/busybox dd if=/dev/vdc of=/dev/md0 bs=1M\n/sbin/mdadm --stop /dev/md0\n",
+               root_input),
+        recipe("raid1-luks-lvm", [provision.Disk("a", 100), provision.Disk("b", 100)],
+               "/sbin/mdadm --create /dev/md0 --run --level=1 --raid-devices=2 "
+               "--metadata=1.2 --assume-clean /dev/vda /dev/vdb\n"
+               + luks_format("/dev/md0", STACK_LUKS_UUID) + luks_open("/dev/md0", "mdcrypt")
+               + "/sbin/lvm pvcreate -y /dev/mapper/mdcrypt\n"
+               "/sbin/lvm vgcreate -y stackvg /dev/mapper/mdcrypt\n"
+               "/sbin/lvm lvcreate -y -L 48M -n root stackvg\n"
+               "/bin/busybox dd if=/dev/vdc of=/dev/stackvg/root bs=1M\n"
+               "/sbin/lvm vgchange -an stackvg\n/sbin/cryptsetup close mdcrypt\n"
+               "/sbin/mdadm --stop /dev/md0\n", root_input),
+        # A btrfs whose top level holds only subvolumes: the root is in @, as on Ubuntu.
+        recipe("btrfs-subvol", [provision.Disk("d", 160), provision.Disk("e", 130),
+                                provision.Disk("f", 130)],
+               "/sbin/mkfs.btrfs -q -f -L subvolroot /dev/vda\n"
+               "/sbin/mkfs.btrfs -q -f -L tworoot -d raid1 -m raid1 /dev/vdb /dev/vdc\n"
+               "/bin/btrfs device scan\n"
+               "/bin/busybox mount -t ext4 -o ro /dev/vdd /tmp\n"
+               "/bin/busybox mount -t btrfs /dev/vda /mnt\n"
+               "/bin/btrfs -q subvolume create /mnt/@\n/bin/busybox cp -a /tmp/. /mnt/@/\n"
+               "/bin/busybox umount /mnt\n"
+               "/bin/busybox mount -t btrfs /dev/vdb /mnt\n/bin/busybox cp -a /tmp/. /mnt/\n"
+               "/bin/busybox umount /mnt\n/bin/busybox umount /tmp\n", root_input),
+    ]
+    return {r.name: provision.provision(r, kernel7) for r in recipes}
+
+
+@pytest.fixture(scope="session")
+def storage_image(kernel7: Kernel, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 7.x image with the four stacks and the key file, and no udevd (a busybox root)."""
+    tmp = tmp_path_factory.mktemp("storage-image")
+    key = tmp / "root.key"
+    key.write_bytes(KEY)
+    image = str(tmp / "initrd-storage.img")
+    harness.build_image(image, kernel7.moddir, kernel7.kver, DRIVERS[kernel7.name],
+                        extra=[*STORAGE, "--luks-key", f"{key}:{KEY_PATH}"])
+    return image
+
+
+def boot(kernel: Kernel, image: str, disks: list[str], cmdline: str, tmp_path: Path,
+         memory_mb: int = 512) -> harness.BootResult:
+    result = harness.boot(kernel.vmlinuz, image, disks,
+                          f"console=ttyS0 panic=-1 {UNATTENDED} {cmdline}",
+                          str(tmp_path / "boot.log"), timeout=300, memory_mb=memory_mb)
+    assert not result.timed_out, result.log[-3000:]
+    return result
+
+
+def copies(paths: dict[str, str], tmp_path: Path, *names: str) -> list[str]:
+    copied = provision.copies({n: paths[n] for n in names}, str(tmp_path))
+    return [copied[n] for n in names]
+
+
+def test_luks2_passphrase_wrong_then_right(kernel7: Kernel, storage_image: str,
+                                           disks: dict[str, dict[str, str]],
+                                           tmp_path: Path) -> None:
+    vm = harness.InteractiveVM(kernel7.vmlinuz, storage_image,
+                               copies(disks["luks2"], tmp_path, "d"),
+                               f"console=ttyS0 {UNATTENDED} root=UUID={ROOT_UUID} "
+                               f"rd.luks.uuid={LUKS_UUID}", str(tmp_path))
+    try:
+        vm.expect(r"Please enter the passphrase for /dev/vda \(luks-" + LUKS_UUID)
+        vm.send("not this one\n")
+        vm.expect(r"wrong passphrase for /dev/vda \(2 left\)", timeout=180)
+        vm.expect(r"Please enter the passphrase for /dev/vda")
+        vm.send(PASSPHRASE + "\n")
+        vm.expect(r"TESTINIT done", timeout=180)
+        assert "not this one" not in vm.log and PASSPHRASE not in vm.log  # no echo
+        assert "event=luks_unlocked device=/dev/vda name=luks-" + LUKS_UUID in vm.log
+        vm.wait()
+    finally:
+        vm.stop()
+
+
+def test_luks2_with_a_key_file(kernel7: Kernel, storage_image: str,
+                               disks: dict[str, dict[str, str]], tmp_path: Path) -> None:
+    result = boot(kernel7, storage_image, copies(disks["luks2"], tmp_path, "d"),
+                  f"root=UUID={ROOT_UUID} rd.luks.name={LUKS_UUID}=cryptroot "
+                  f"rd.luks.key={LUKS_UUID}={KEY_PATH}", tmp_path)
+    assert "TESTINIT done" in result.log, result.log[-3000:]
+    unlocked = result.events("luks_unlock")
+    assert unlocked and unlocked[0]["name"] == "cryptroot" and unlocked[0]["key"] == "file"
+    assert result.events("root_found")[0]["device"] == "/dev/dm-0"
+
+
+def test_luks1(kernel7: Kernel, storage_image: str, disks: dict[str, dict[str, str]],
+               tmp_path: Path) -> None:
+    result = boot(kernel7, storage_image, copies(disks["luks1"], tmp_path, "d"),
+                  f"root=UUID={ROOT_UUID} rd.luks.uuid={LUKS1_UUID} "
+                  f"rd.luks.key={KEY_PATH}", tmp_path)
+    assert "TESTINIT done" in result.log, result.log[-3000:]
+    assert result.events("luks_unlock")[0]["luks"] == "1"
+
+
+def test_lvm_on_luks_debian_layout_with_resume(kernel7: Kernel, tmp_path: Path,
+                                               disks: dict[str, dict[str, str]]) -> None:
+    """Nothing about crypto on the command line: the image's crypttab names the volume."""
+    crypttab = tmp_path / "crypttab"
+    crypttab.write_text(f"vda1_crypt UUID={LUKS_UUID} {KEY_PATH} luks,discard,initramfs\n")
+    key = tmp_path / "root.key"
+    key.write_bytes(KEY)
+    config = tmp_path / "storage.toml"
+    config.write_text(f'storage = ["luks", "lvm"]\ncrypttab = "{crypttab}"\n'
+                      f'luks_keys = ["{key}:{KEY_PATH}"]\n')
+    image = str(tmp_path / "initrd.img")
+    harness.build_image(image, kernel7.moddir, kernel7.kver, DRIVERS[kernel7.name],
+                        extra=["--config", str(config)])
+    listing = subprocess.run([str(Path(harness.REPO) / "mkinitramfs.py"), "--list", image],
+                             capture_output=True, text=True, check=True).stdout
+    assert "etc/crypttab" in listing and "sbin/mdadm" not in listing  # only what was asked
+    result = boot(kernel7, image, copies(disks["debian-layout"], tmp_path, "d"),
+                  "root=/dev/mapper/debian--vg-root resume=/dev/mapper/debian--vg-swap_1",
+                  tmp_path)
+    assert "TESTINIT done" in result.log, result.log[-3000:]
+    assert [e["target"] for e in result.events("lvm_activated")] == [
+        "debian-vg/root", "debian-vg/swap_1"]
+    resume = result.events("resume")
+    assert resume and resume[0]["image"] == "false"  # swap, nothing hibernated on it
+
+
+def test_luks_on_lvm(kernel7: Kernel, storage_image: str, disks: dict[str, dict[str, str]],
+                     tmp_path: Path) -> None:
+    result = boot(kernel7, storage_image, copies(disks["luks-on-lvm"], tmp_path, "d"),
+                  f"root=UUID={ROOT_UUID} rd.luks.uuid={INNER_LUKS_UUID} "
+                  f"rd.luks.key={KEY_PATH}", tmp_path)
+    assert "TESTINIT done" in result.log, result.log[-3000:]
+    assert [e["target"] for e in result.events("lvm_activated")] == ["vg0"]  # no names: all
+    assert result.events("luks_unlocked")
+
+
+def test_raid1_of_two_disks(kernel7: Kernel, storage_image: str,
+                            disks: dict[str, dict[str, str]], tmp_path: Path) -> None:
+    result = boot(kernel7, storage_image, copies(disks["raid1"], tmp_path, "a", "b"),
+                  f"root=UUID={ROOT_UUID}", tmp_path)
+    assert "TESTINIT done" in result.log, result.log[-3000:]
+    assert result.events("md_started") and not result.events("md_degraded")
+    assert "[UU]" in "".join(result.lines("MDSTAT"))
+
+
+def test_raid1_with_a_disk_missing_boots_degraded(kernel7: Kernel, storage_image: str,
+                                                  disks: dict[str, dict[str, str]],
+                                                  tmp_path: Path) -> None:
+    result = boot(kernel7, storage_image, copies(disks["raid1"], tmp_path, "a"),
+                  f"root=UUID={ROOT_UUID} rd.timeout=15", tmp_path)
+    assert "TESTINIT done" in result.log, result.log[-3000:]
+    degraded = result.events("md_degraded")
+    assert degraded and degraded[0]["present"] == "/dev/vda" and degraded[0]["missing"] == "1"
+    assert "[U_]" in "".join(result.lines("MDSTAT"))
+
+
+def test_raid1_then_luks_then_lvm(kernel7: Kernel, storage_image: str,
+                                  disks: dict[str, dict[str, str]], tmp_path: Path) -> None:
+    result = boot(kernel7, storage_image, copies(disks["raid1-luks-lvm"], tmp_path, "a", "b"),
+                  f"root=/dev/stackvg/root rd.luks.uuid={STACK_LUKS_UUID} "
+                  f"rd.luks.key={KEY_PATH}", tmp_path)
+    assert "TESTINIT done" in result.log, result.log[-3000:]
+    order = ("md_started", "luks_unlocked", "lvm_activated", "root_found")
+    positions = [result.log.index(f"event={name}") for name in order]
+    assert positions == sorted(positions), positions
+
+
+def test_btrfs_subvolume_root(kernel7: Kernel, storage_image: str,
+                              disks: dict[str, dict[str, str]], tmp_path: Path) -> None:
+    result = boot(kernel7, storage_image, copies(disks["btrfs-subvol"], tmp_path, "d"),
+                  "root=LABEL=subvolroot rootflags=subvol=@", tmp_path)
+    assert "TESTINIT done" in result.log, result.log[-3000:]
+    assert "subvol=/@" in " ".join(result.lines("MOUNTINFO"))
+
+
+def test_btrfs_top_level_without_init_says_subvol(kernel7: Kernel, storage_image: str,
+                                                  disks: dict[str, dict[str, str]],
+                                                  tmp_path: Path) -> None:
+    result = boot(kernel7, storage_image, copies(disks["btrfs-subvol"], tmp_path, "d"),
+                  "root=LABEL=subvolroot", tmp_path)
+    assert "boot failed in stage switch_root: no init could be executed: /sbin/init: does " \
+           "not exist" in result.log, result.log[-3000:]
+    assert "a btrfs root may need rootflags=subvol=" in result.log
+
+
+def test_btrfs_on_two_devices_waits_for_both(kernel7: Kernel, storage_image: str,
+                                             disks: dict[str, dict[str, str]],
+                                             tmp_path: Path) -> None:
+    paths = copies(disks["btrfs-subvol"], tmp_path, "e", "f")
+    result = boot(kernel7, storage_image, paths, "root=LABEL=tworoot", tmp_path)
+    assert "TESTINIT done" in result.log, result.log[-3000:]
+
+
+def test_an_argon2_keyslot_bigger_than_memory_is_one_clear_line(
+        kernel7: Kernel, storage_image: str, tmp_path: Path) -> None:
+    disk = tmp_path / "huge.img"
+    with open(disk, "wb") as fh:
+        fh.truncate(32 << 20)
+    subprocess.run(["cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf",
+                    "argon2id", "--pbkdf-memory", "1048576", "--pbkdf-force-iterations", "4",
+                    "--uuid", LUKS_UUID, str(disk), "-"], input=b"x", check=True,
+                   capture_output=True)
+    result = boot(kernel7, storage_image, [str(disk)],
+                  f"root=UUID={ROOT_UUID} rd.luks.uuid={LUKS_UUID}", tmp_path)
+    assert ("boot failed in stage discover: /dev/vda: LUKS keyslot 0 needs 1048576 KiB of "
+            "memory for argon2id, and ") in result.log, result.log[-3000:]
+    assert "Out of memory" not in result.log and "Kernel panic" not in result.log
+    assert "reboot: Power down" in result.log
+
+
+@pytest.mark.parametrize(("name", "cmdline", "message"), [
+    ("missing key", f"rd.luks.uuid={LUKS_UUID} rd.luks.key=/etc/keys/none.key",
+     "boot failed in stage discover: /dev/vda (luks-" + LUKS_UUID + "): key file "
+     "/etc/keys/none.key is not in this image"),
+    ("unknown VG", "rd.lvm.vg=nosuch rd.timeout=8",
+     "volume groups named but not found: nosuch (found: none)"),
+])
+def test_bad_storage_input_is_one_line(kernel7: Kernel, storage_image: str,
+                                       disks: dict[str, dict[str, str]], tmp_path: Path,
+                                       name: str, cmdline: str, message: str) -> None:
+    result = boot(kernel7, storage_image, copies(disks["luks2"], tmp_path, "d"),
+                  f"root=UUID={ROOT_UUID} {cmdline}", tmp_path)
+    assert message in result.log, result.log[-3000:]
+    assert "reboot: Power down" in result.log and "Attempted to kill init" not in result.log
+
+
+def test_a_damaged_luks_header_is_one_line(kernel7: Kernel, storage_image: str,
+                                           disks: dict[str, dict[str, str]],
+                                           tmp_path: Path) -> None:
+    [disk] = copies(disks["luks2"], tmp_path, "d")
+    with open(disk, "r+b") as fh:  # both copies of the JSON metadata
+        for offset in (4096, 16384 + 4096):
+            fh.seek(offset)
+            fh.write(b"\0" * 512)
+    result = boot(kernel7, storage_image, [disk],
+                  f"root=UUID={ROOT_UUID} rd.luks.uuid={LUKS_UUID}", tmp_path)
+    assert "boot failed in stage discover: /dev/vda (luks-" + LUKS_UUID + "): damaged LUKS2 " \
+           "metadata" in result.log, result.log[-3000:]
+
+
+def test_three_wrong_passphrases_end_in_the_failure_path(
+        kernel7: Kernel, storage_image: str, disks: dict[str, dict[str, str]],
+        tmp_path: Path) -> None:
+    vm = harness.InteractiveVM(kernel7.vmlinuz, storage_image,
+                               copies(disks["luks2"], tmp_path, "d"),
+                               f"console=ttyS0 panic=-1 {UNATTENDED} root=UUID={ROOT_UUID} "
+                               f"rd.luks.uuid={LUKS_UUID}", str(tmp_path))
+    try:
+        for left in (2, 1, 0):
+            vm.expect(r"Please enter the passphrase for /dev/vda")
+            vm.send("wrong\n")
+            vm.expect(rf"wrong passphrase for /dev/vda \({left} left\)", timeout=180)
+        vm.expect(r"boot failed in stage discover: /dev/vda \(luks-" + LUKS_UUID
+                  + r"\): no keyslot opened with the passphrase, 3 tries")
+        vm.expect(r"reboot: Power down")
+        vm.wait()
+    finally:
+        vm.stop()
