@@ -127,7 +127,7 @@ def unthrottle_kmsg(path: str = DEVKMSG) -> None:
         with open(path, encoding="ascii") as fh:
             before = fh.read().strip()
         with open(path, "w", encoding="ascii") as fh:
-            fh.write("on")
+            fh.write("on\n")  # the kernel wants the newline: "on" alone is refused
     except OSError:
         return
     _DEVKMSG_BEFORE[:] = [before]
@@ -138,7 +138,7 @@ def restore_kmsg(path: str = DEVKMSG) -> None:
     if _DEVKMSG_BEFORE:
         try:
             with open(path, "w", encoding="ascii") as fh:
-                fh.write(_DEVKMSG_BEFORE.pop())
+                fh.write(_DEVKMSG_BEFORE.pop() + "\n")
         except OSError:
             pass
 

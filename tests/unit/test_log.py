@@ -31,9 +31,9 @@ def test_kmsg_rate_limit_is_lifted_while_pyinit_runs_and_put_back(tmp_path: Path
     sysctl = tmp_path / "printk_devkmsg"
     sysctl.write_text("ratelimit\n")
     log.unthrottle_kmsg(str(sysctl))
-    assert sysctl.read_text() == "on"
+    assert sysctl.read_text() == "on\n"  # the kernel takes nothing without the newline
     log.restore_kmsg(str(sysctl))
-    assert sysctl.read_text() == "ratelimit"
+    assert sysctl.read_text() == "ratelimit\n"
 
 
 def test_the_skeleton_init_looks_where_the_builder_puts_pyinit() -> None:
