@@ -21,6 +21,7 @@ from pyinit import command, layout
 
 START_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
 
 
 class UdevError(RuntimeError):
@@ -100,23 +101,22 @@ class Udevd:
         return cls._running
 
     def trigger(self) -> None:
-        """Replay 'add' for every subsystem and device (coldplug through udev)."""
-        udevadm("trigger", "--type=subsystems", "--action=add")
-        udevadm("trigger", "--type=devices", "--action=add")
+        """Replay 'add' for the block devices: udev's properties and /dev/disk links are
+        what the init wants of it (the init loads modules itself, from its index)."""
+        udevadm("trigger", "--type=devices", "--subsystem-match=block", "--action=add")
 
     def settle(self, timeout: float = COMMAND_TIMEOUT) -> None:
         udevadm("settle", f"--timeout={timeout:g}")
 
     def stop(self) -> None:
-        """Ask udevd to exit, wait for it (bounded), then clean its database; entries the
-        rules marked db_persist stay. Safe to call again."""
+        """Ask udevd to exit (SIGTERM: it finishes its workers and exits, as on
+        `udevadm control --exit`, whose message a udevd can refuse for want of sender
+        credentials: "Invalid sender uid 65534", seen here), wait for it (bounded), then
+        clean its database; entries the rules marked db_persist stay. Safe to call again."""
         if self.process.poll() is None:
+            self.process.terminate()
             try:
-                udevadm("control", "--exit")
-            except UdevError:
-                self.process.terminate()
-            try:
-                self.process.wait(timeout=COMMAND_TIMEOUT)
+                self.process.wait(timeout=STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 _kill(self.process)
             udevadm("info", "--cleanup-db")
