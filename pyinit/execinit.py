@@ -77,10 +77,19 @@ def is_systemd(path: str, root: str = "/") -> bool:
 SYSTEMD_MIN = 240  # the oldest systemd handed pyinit's initrd timestamp (tested with 252)
 
 
+SYSTEMD_LIBRARY_DIRS = ("usr/lib/systemd", "lib/systemd", "usr/lib64/systemd")
+
+
 def systemd_version(root: str = "/") -> int | None:
-    """systemd's version, from its shared library's name (libsystemd-shared-252.so): no
-    need to run it."""
-    for directory in ("usr/lib/systemd", "lib/systemd", "usr/lib64/systemd"):
+    """systemd's version, from its shared library's name (libsystemd-shared-252.so, in
+    /usr/lib/systemd or, as on Debian, /usr/lib/<multiarch>/systemd): no need to run it."""
+    dirs = list(SYSTEMD_LIBRARY_DIRS)
+    try:
+        dirs += [f"usr/lib/{d}/systemd" for d in sorted(os.listdir(os.path.join(root,
+                                                                             "usr/lib")))]
+    except OSError:
+        pass
+    for directory in dirs:
         try:
             names = os.listdir(os.path.join(root, directory))
         except OSError:
@@ -93,10 +102,37 @@ def systemd_version(root: str = "/") -> int | None:
     return None
 
 
+def kernel_ran_init(kmsg: str = "/dev/kmsg") -> int | None:
+    """When the kernel ran /init (monotonic us), from its "Run /init as init process"
+    record: the initrd's real start, before the interpreter's own start-up."""
+    try:
+        fd = os.open(kmsg, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        for _ in range(100000):  # the ring holds far fewer records
+            try:
+                record = os.read(fd, 8192)
+            except BlockingIOError:
+                return None  # the end: not there (overwritten, or a differently named init)
+            except OSError:
+                continue  # EPIPE: records were overwritten while reading
+            head, _, message = record.partition(b";")
+            if message.startswith(b"Run /init as init process"):
+                return int(head.split(b",")[2])
+        return None
+    finally:
+        os.close(fd)
+
+
 def initrd_timestamp(started: tuple[int, int]) -> int:
     """A descriptor systemd deserializes (--deserialize FD): when the initrd started
-    (realtime and monotonic, in microseconds), so systemd-analyze shows the initrd's time.
-    systemd dropped RD_TIMESTAMP; this is how it learns the time now."""
+    (realtime and monotonic, in microseconds; the kernel's "Run /init" record where it is
+    still there), so systemd-analyze shows the initrd's time. systemd dropped
+    RD_TIMESTAMP; this is how it learns the time now."""
+    ran = kernel_ran_init()
+    if ran is not None and ran <= started[1]:
+        started = (started[0] - (started[1] - ran), ran)
     fd = os.memfd_create("pyinit-initrd-timestamp", 0)
     os.write(fd, f"initrd-timestamp={started[0]} {started[1]}\n".encode())
     os.lseek(fd, 0, os.SEEK_SET)

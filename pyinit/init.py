@@ -53,21 +53,6 @@ def reopen_console() -> None:
 DEFAULTS = layout.DEFAULT_CMDLINE
 
 
-def process_start() -> tuple[int, int]:
-    """When the kernel started /init (realtime and monotonic, microseconds): systemd shows
-    the initrd's time from it. /proc/self/stat's start time counts clock ticks from boot."""
-    now_mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-    now_real = time.clock_gettime_ns(time.CLOCK_REALTIME) // 1000
-    try:
-        with open("/proc/self/stat", "rb") as fh:
-            ticks = int(fh.read().rsplit(b")", 1)[1].split()[19])
-        start_mono = ticks * 1_000_000 // os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        start_mono = now_mono
-    start_mono = min(start_mono, now_mono)
-    return now_real - (now_mono - start_mono), start_mono
-
-
 def read_cmdline(init_args: tuple[str, ...]) -> Options:
     """/proc/cmdline over the image's defaults. INIT_ARGS are the arguments the kernel
     passed to /init (what it did not know, and everything after "--"): the real init's."""
@@ -87,7 +72,7 @@ class Boot:
 
     def __init__(self) -> None:
         self.options = Options()
-        self.started = (0, 0)  # set by run() once /proc is there
+        self.started = (0, 0)  # when the init started (realtime, monotonic us): run() sets it
 
     def stage(self, name: str, run: Callable[[], T]) -> T:
         if name in self.options.breaks:
@@ -122,7 +107,8 @@ class Boot:
 
     def run(self) -> NoReturn:
         early_mounts()
-        self.started = process_start()
+        self.started = (time.clock_gettime_ns(time.CLOCK_REALTIME) // 1000,
+                        time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
         log.unthrottle_kmsg()
         log.use_file(layout.LOG_FILE)
         log.configure()

@@ -12,6 +12,10 @@ DEFAULT_CMDLINE = "/etc/pyinit/cmdline"  # options the builder baked in; the ker
 MODULES_DIR = "/lib/modules"  # + KVER: the kernel's modules and pyinit's index of them
 RUN_DIR = "/run/initramfs"  # survives the move of /run into the real root
 LOG_FILE = RUN_DIR + "/pyinit.log"
+# Written when a storage stack made dm or md devices: the shutdown unit unpacks the image
+# into RUN_DIR for systemd-shutdown (RUN_DIR/shutdown) only then.
+STORAGE_ACTIVE = RUN_DIR + "/storage-active"
+SHUTDOWN = "/shutdown"  # in the image; RUN_DIR + SHUTDOWN once unpacked there
 
 # systemd-udevd, when the image carries it.
 UDEVD = "/lib/systemd/systemd-udevd"

@@ -7,6 +7,10 @@
                    [--config FILE] [--no-early-microcode] [--no-cache] [--force]
     mkinitramfs.py --list IMAGE
     mkinitramfs.py --extract IMAGE DIR
+    mkinitramfs.py --update KVER|all [--boot-test] [--boot-dir DIR]
+    mkinitramfs.py --remove KVER [--boot-dir DIR]
+    mkinitramfs.py --install-hooks [DESTDIR]
+    mkinitramfs.py --boot-test IMAGE [--kernel VMLINUZ] [--root DEV]
 
 This module turns the command line into a Config and every failure into one line on stderr;
 the build itself, step by step, is pyinit.builder.pipeline.
@@ -25,9 +29,11 @@ from typing import NoReturn, TypeVar
 
 from pyinit.builder import (
     archive,
+    boottest,
     compress,
     config,
     cpio,
+    distro,
     elfdeps,
     extract,
     hostfile,
@@ -87,6 +93,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="rebuild the Python runtime part instead of reusing it")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing image; --extract into a non-empty DIR")
+    parser.add_argument("--update", metavar="KVER|all",
+                        help="rebuild /boot/initrd.img-KVER (update-initramfs -u -k KVER)")
+    parser.add_argument("--remove", metavar="KVER", help="delete /boot/initrd.img-KVER")
+    parser.add_argument("--boot-dir", default=distro.BOOT, metavar="DIR",
+                        help="where --update and --remove find kernels and images")
+    parser.add_argument("--install-hooks", nargs="?", const="/", metavar="DESTDIR",
+                        help="install the kernel hooks (Debian postinst.d/postrm.d, "
+                        "kernel-install) that call --update and --remove")
+    parser.add_argument("--boot-test", nargs="?", const="", metavar="IMAGE",
+                        help="boot IMAGE in qemu against a snapshot of the root device "
+                        "(with --update: the new image, which replaces the old one only "
+                        "if it passes)")
+    parser.add_argument("--prepare-shutdown", nargs="?", const="", metavar="IMAGE",
+                        help="unpack IMAGE (default: /boot/initrd.img-$(uname -r)) into "
+                        "/run/initramfs for systemd-shutdown (pyinit-shutdown.service)")
+    parser.add_argument("--kernel", metavar="VMLINUZ",
+                        help="the kernel for --boot-test (default: /boot/vmlinuz-KVER)")
+    parser.add_argument("--root", metavar="DEV",
+                        help="the root device for --boot-test (default: this machine's)")
     parser.add_argument("--list", metavar="IMAGE", help="print the contents of an image")
     parser.add_argument("--extract", nargs=2, metavar=("IMAGE", "DIR"),
                         help="unpack an image into a directory")
@@ -97,7 +122,7 @@ def _words(groups: list[str]) -> list[str]:
     return [w for group in groups for w in group.replace(",", " ").split()]
 
 
-def config_from(args: argparse.Namespace) -> Config:
+def config_from(args: argparse.Namespace, default_hostonly: bool | None = None) -> Config:
     if not args.output:
         raise BuildError("expected -o OUTPUT (or --list IMAGE, or --extract IMAGE DIR)")
     settings = config.load(args.config)
@@ -115,7 +140,8 @@ def config_from(args: argparse.Namespace) -> Config:
     kver = args.kver or os.uname().release
     hostonly_mode = args.hostonly if args.hostonly is not None else settings.hostonly
     if hostonly_mode is None:
-        hostonly_mode = kver == os.uname().release and args.kmoddir is None
+        hostonly_mode = default_hostonly if default_hostonly is not None else (
+            kver == os.uname().release and args.kmoddir is None)
     return Config(args.output, kver, args.kmoddir or f"/lib/modules/{kver}", settings,
                   hostonly_mode, args.force, source_date_epoch(), args.cache,
                   running_kernel=kver == os.uname().release and args.kmoddir is None)
@@ -228,6 +254,32 @@ def run(argv: list[str]) -> int:
             count = inspect(path, lambda data: extract.extract(data, directory, args.force))
             say(f"{directory}: {count} entries")
             return 0
+        if args.install_hooks is not None:
+            for path in distro.install_hooks(args.install_hooks):
+                say(f"{path}: written")
+            return 0
+        if args.remove:
+            removed = distro.remove(args.remove, args.boot_dir)
+            say(f"{removed}: removed" if removed else
+                f"{distro.image_path(args.remove, args.boot_dir)}: there was none")
+            return 0
+        if args.update:
+            modules = os.path.dirname(args.kmoddir.rstrip("/")) if args.kmoddir else \
+                distro.MODULES
+            for kver in distro.targets(args.update, args.boot_dir, modules):
+                state = " (the previous image is unchanged)"
+                update(args, kver)
+            return 0
+        if args.prepare_shutdown is not None:
+            image_file = args.prepare_shutdown or distro.image_path(os.uname().release,
+                                                                     args.boot_dir)
+            program = distro.prepare_shutdown(image_file, lambda path, directory: inspect(
+                path, lambda data: extract.extract(data, directory, True)))
+            say(f"{program}: ready for systemd-shutdown")
+            return 0
+        if args.boot_test:
+            outcome = run_boot_test(args.boot_test, args.kernel, args.root)
+            return 0 if outcome.passed else 1
         cfg = config_from(args)
         state = " (no image written)"
         start = time.monotonic()
@@ -240,10 +292,56 @@ def run(argv: list[str]) -> int:
         return fail(f"interrupted by {sig.name}{state}")
     except ImportError as err:  # a package imported where it is first needed (zstandard)
         return fail(missing.message(err))
-    except (BuildError, image.ImageError, cpio.CpioError, compress.CompressError,
-            kmodules.ModulesError, elfdeps.ElfError, pyruntime.RuntimeError_,
+    except (BuildError, image.ImageError, distro.DistroError, boottest.BootTestError,
+            cpio.CpioError, compress.CompressError, kmodules.ModulesError, elfdeps.ElfError,
+            pyruntime.RuntimeError_,
             config.ConfigError, ValueError, OSError) as err:
         return fail(str(err))
+
+
+def update(args: argparse.Namespace, kver: str) -> None:
+    """--update KVER: the image of an installed kernel, host-only unless configured (or in a
+    chroot, whose sysfs is another machine's), written beside the old one and put in place
+    when complete (with --boot-test: only if it boots), then post-update.d."""
+    path = distro.image_path(kver, args.boot_dir)
+    args.output, args.kver, args.force = path, kver, True
+    cfg = config_from(args, default_hostonly=not distro.running_in_chroot())
+    start = time.monotonic()
+    result = build(cfg)
+    if args.boot_test is not None:
+        staged = path + ".pyinit-test"
+        output.write_atomically(staged, result.data, True)
+        try:
+            outcome = run_boot_test(staged, args.kernel or
+                                    os.path.join(args.boot_dir, f"vmlinuz-{kver}"), args.root)
+            if not outcome.passed:
+                raise BuildError(f"--update {kver}: the new image failed its boot test "
+                                 f"({outcome.stopped}); {path} is unchanged")
+            os.replace(staged, path)
+        finally:
+            if os.path.exists(staged):
+                os.unlink(staged)
+    else:
+        output.write_atomically(path, result.data, True)
+    say(summary(cfg, result, time.monotonic() - start))
+    distro.post_update(kver, path, say=say)
+
+
+def run_boot_test(image_path: str, kernel: str | None, root: str | None) -> boottest.Outcome:
+    """--boot-test: say what happened; the caller turns it into the exit status."""
+    data = read_image(image_path)
+    kvers = sorted({e.name.split("/")[-2] for _fmt, e in archive.entries(data)
+                    if e.name.endswith("/pyinit.index")})
+    kernel = kernel or (os.path.join(distro.BOOT, f"vmlinuz-{kvers[0]}") if kvers else
+                        os.path.join(distro.BOOT, f"vmlinuz-{os.uname().release}"))
+    device, root_arg, disk_if = boottest.root_device(root)
+    outcome = boottest.boot_test(image_path, kernel, device, root_arg, disk_if)
+    verdict = "PASS" if outcome.passed else "FAIL"
+    seconds = "?" if outcome.initrd_seconds is None else f"{outcome.initrd_seconds:.2f} s"
+    say(f"boot test {verdict}: {image_path} with {kernel} against {device} "
+        f"({outcome.accel.upper()}{', software emulation' if outcome.accel == 'tcg' else ''});"
+        f" initrd phase {seconds}; stopped at: {outcome.stopped}")
+    return outcome
 
 
 def fail(message: str) -> int:

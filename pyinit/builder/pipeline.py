@@ -27,9 +27,12 @@ from pyinit.builder import (
     strip,
 )
 from pyinit.modindex import INDEX_NAME
-from pyinit.storage import STACKS, stack_module
+from pyinit.storage import SHUTDOWN_SCRIPT, STACKS, stack_module
 
-SKELETON = os.path.join(pyruntime.PYINIT_SRC, "rootfs-skel")
+# rootfs-skel/ beside the pyinit package in a checkout; the Debian package installs it here.
+SKELETON = next((d for d in (os.path.join(pyruntime.PYINIT_SRC, "rootfs-skel"),
+                             "/usr/share/pyinit/rootfs-skel") if os.path.isdir(d)),
+                os.path.join(pyruntime.PYINIT_SRC, "rootfs-skel"))
 # The runtime part is compressed once and cached, so it gets zstd's slow, small level
 # (4.03 MB against 4.6 MB at level 9; unpacking costs the same).
 RUNTIME_ZSTD_LEVEL = 19
@@ -214,7 +217,8 @@ def runtime_segment(cfg: Config, tools: Tools,
     """The Python runtime, pyinit (with the storage stacks' modules) and the skeleton as one
     compressed archive (cached)."""
     python = pyruntime.resolve_python(cfg.settings.python)
-    modules = pyruntime.INIT_MODULES + [m for n in storage.needs for m in n.python]
+    modules = list(dict.fromkeys(pyruntime.INIT_MODULES
+                                 + [m for n in storage.needs for m in n.python]))
     builder_sources = sorted(
         os.path.join(d, n) for d in (os.path.dirname(__file__), os.path.dirname(
             os.path.dirname(__file__))) for n in os.listdir(d) if n.endswith((".py", ".so")))
@@ -489,10 +493,16 @@ def plan_storage(cfg: Config, tree: kmodules.ModuleTree | None) -> stacks.Plan:
     """The storage stacks the image carries: asked for, under the host's root (host-only),
     or, for a generic image, every one the kernel supports."""
     settings = cfg.settings
-    generic = []
+    generic, left_out = [], []
     if not cfg.hostonly and not settings.add_drivers and tree is not None:
-        generic = [s for s in STACKS
-                   if all(tree.resolve(m) for m in stack_module(s).NEEDS.modules)]
+        for name in STACKS:  # those the kernel and this host can carry
+            needs = stack_module(name).NEEDS
+            missing = [m for m in needs.modules if not tree.resolve(m)]
+            missing += [t for t in needs.tools if not os.path.exists(t)]
+            if missing:
+                left_out.append(f"{name} left out: no {', '.join(missing)}")
+            else:
+                generic.append(name)
     host = None
     cmdline: list[str] = []
     if cfg.hostonly:
@@ -507,6 +517,7 @@ def plan_storage(cfg: Config, tree: kmodules.ModuleTree | None) -> stacks.Plan:
     except stacks.StackError as err:
         raise BuildError(str(err)) from err
     plan.cmdline += cmdline
+    plan.reasons += left_out
     return plan
 
 
@@ -531,6 +542,8 @@ def add_storage(img: image.Image, storage: stacks.Plan, tools: Tools) -> None:
         img.add_dir(directory, 0o700, part="storage")
     for path, (data, mode) in sorted(storage.files.items()):
         img.add_bytes(path, data, mode, part="storage")
+    if storage.dm_or_md:  # systemd-shutdown runs it from /run/initramfs to take them down
+        img.add_bytes(layout.SHUTDOWN, SHUTDOWN_SCRIPT.encode(), 0o755, part="storage")
 
 
 def group_file(names: set[str], host: str = "/etc/group") -> str:

@@ -26,6 +26,16 @@ if TYPE_CHECKING:
 
 STACKS = ("luks", "lvm", "mdraid", "btrfs")
 STACKS_FILE = layout.STORAGE_FILE  # written by the builder, read by stages.storage_stacks
+# /shutdown in images with dm or md stacks: systemd-shutdown runs it from /run/initramfs.
+SHUTDOWN_SCRIPT = f"""#!/usr/bin/python3 -IS
+# pyinit's shutdown program (pyinit/shutdown.py): takes down the root's storage stack.
+import sys
+
+sys.path.insert(0, "{layout.SITE}")
+from pyinit import shutdown
+
+shutdown.main(sys.argv)
+"""
 TOOL_TIMEOUT = 600.0  # an argon2 keyslot under emulation, a large volume group
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -71,7 +81,14 @@ class Env:
         return udevd.Udevd.running() is not None
 
     def before_activation(self) -> None:
-        """Start udevd (once) before the first dm or md device, where the image asks."""
+        """Before the first dm or md device: say so for the shutdown (layout.STORAGE_ACTIVE)
+        and start udevd (once) where the image asks for it."""
+        try:
+            os.makedirs(layout.RUN_DIR, exist_ok=True)
+            with open(layout.STORAGE_ACTIVE, "w", encoding="ascii") as fh:
+                fh.write("dm/md devices made by pyinit: take them down at shutdown\n")
+        except OSError as err:
+            self.warn("storage_marker_failed", error=err.strerror)
         if self.udev_running or udevd.mode() != "storage":
             return
         import time

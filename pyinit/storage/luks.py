@@ -46,7 +46,7 @@ NEEDS = Needs(
                       "sha512_generic", "algif_skcipher", "algif_hash", "dm_integrity",
                       "crc32c_intel", "crc32c_generic"),
     udev_rules=("55-dm.rules", "60-persistent-storage-dm.rules", "95-dm-notify.rules"),
-    python=("pyinit.storage.luks", "pyinit.prompt"),
+    python=("pyinit.storage.luks", "pyinit.prompt", "pyinit.shutdown"),
     dirs=(RUN,),
 )
 WRONG_PASSPHRASE = 2  # cryptsetup's exit status for "no key available with this passphrase"

@@ -60,7 +60,7 @@ NEEDS = Needs(
     optional_modules=(),  # targets are loaded by segment type, see TARGETS
     udev_rules=("55-dm.rules", "56-lvm.rules", "60-persistent-storage-dm.rules",
                 "95-dm-notify.rules"),
-    python=("pyinit.storage.lvm",),
+    python=("pyinit.storage.lvm", "pyinit.shutdown"),
     dirs=(RUN,),
 )
 # Segment types and the device-mapper target modules they need.

@@ -29,7 +29,7 @@ NEEDS = Needs(
     modules=("md_mod",),
     optional_modules=("raid0", "raid1", "raid10", "raid456", "linear"),
     udev_rules=("63-md-raid-arrays.rules",),
-    python=("pyinit.storage.mdraid",),
+    python=("pyinit.storage.mdraid", "pyinit.shutdown"),
     dirs=(RUN,),
 )
 

@@ -154,6 +154,22 @@ def fetch_7x() -> Kernel:
         return _finish("debian-7", tmp)
 
 
+def deb_61() -> str:
+    """Debian 12's 6.1 cloud kernel as its .deb (the distribution test installs it)."""
+    debs = os.path.join(CACHE, "debs")
+    found = sorted(glob.glob(os.path.join(debs, "linux-image-6.1.*-cloud-amd64-unsigned_*.deb")))
+    if found:
+        return found[-1]
+    os.makedirs(debs, exist_ok=True)
+    apt = Apt(None)
+    package = apt.newest(r"linux-image-6\.1\.\d+-\d+-cloud-amd64-unsigned")
+    apt.run("apt-get", "download", package, cwd=debs)
+    found = sorted(glob.glob(os.path.join(debs, f"{package}_*.deb")))
+    if not found:
+        raise RuntimeError(f"apt-get download {package} left no .deb in {debs}")
+    return found[-1]
+
+
 def main() -> int:
     for kernel in (fetch_61(), fetch_7x()):
         print(f"{kernel.name}: {kernel.kver} {kernel.vmlinuz}")

@@ -1,0 +1,239 @@
+"""Being the distribution's initramfs: the image rebuilt when a kernel is installed, gone
+when it is removed.
+
+- ``--update KVER|all`` writes /boot/initrd.img-KVER (as update-initramfs -u does) for one
+  kernel or for every kernel with a /boot/vmlinuz-KVER, then runs
+  /etc/initramfs/post-update.d/ (run-parts: ``KVER IMAGE``), which boot loaders hook into.
+  The previous image stays until the new one is complete (written beside it, renamed).
+- ``--remove KVER`` deletes the image.
+- ``--install-hooks`` writes the hooks that call them: Debian's
+  /etc/kernel/postinst.d/pyinit and postrm.d/pyinit (``KVER /boot/vmlinuz-KVER``,
+  ``$INITRD``, ``$DEB_MAINT_PARAMS``), and the kernel-install plugin 50-pyinit.install
+  (``add KVER ENTRY_DIR KERNEL_IMAGE [INITRD...]``, ``$KERNEL_INSTALL_*``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+
+from pyinit import layout
+
+BOOT = "/boot"
+MODULES = "/lib/modules"
+POST_UPDATE = "/etc/initramfs/post-update.d"
+POSTINST = "/etc/kernel/postinst.d/pyinit"
+POSTRM = "/etc/kernel/postrm.d/pyinit"
+KERNEL_INSTALL = "/etc/kernel/install.d/50-pyinit.install"
+HOOK_TIMEOUT = 300.0
+RUN_PARTS_NAME = re.compile(r"[A-Za-z0-9_-]+")  # the names run-parts runs (no dots)
+
+POSTINST_TEXT = """#!/bin/sh
+# pyinit: make the initramfs of a kernel Debian just installed (written by {tool}).
+# Called as: pyinit KVER /boot/vmlinuz-KVER, by the kernel package's maintainer script.
+version="$1"
+[ "$INITRD" = No ] && exit 0
+if [ -n "$DEB_MAINT_PARAMS" ]; then
+    eval set -- "$DEB_MAINT_PARAMS"
+    [ "$1" = configure ] || exit 0
+fi
+exec {command} --update "$version"
+"""
+POSTRM_TEXT = """#!/bin/sh
+# pyinit: remove the initramfs of a kernel Debian just removed (written by {tool}).
+version="$1"
+[ "$INITRD" = No ] && exit 0
+if [ -n "$DEB_MAINT_PARAMS" ]; then
+    eval set -- "$DEB_MAINT_PARAMS"
+    [ "$1" = remove ] || [ "$1" = purge ] || exit 0
+fi
+exec {command} --remove "$version"
+"""
+KERNEL_INSTALL_TEXT = """#!/bin/sh
+# pyinit: kernel-install plugin, makes the initrd in the staging area (written by {tool}).
+# Called as: 50-pyinit.install add KVER ENTRY_DIR KERNEL_IMAGE [INITRD...]
+[ "$1" = add ] || exit 0
+[ "$#" -le 4 ] || exit 0  # initrds were given: nothing to generate
+case "${{KERNEL_INSTALL_INITRD_GENERATOR:-pyinit}}" in pyinit) ;; *) exit 0 ;; esac
+case "$KERNEL_INSTALL_LAYOUT" in bls|uki) ;; *) exit 0 ;; esac
+[ -n "$KERNEL_INSTALL_STAGING_AREA" ] || exit 0
+[ "$KERNEL_INSTALL_VERBOSE" = 1 ] && \\
+  echo "pyinit: making $KERNEL_INSTALL_STAGING_AREA/initrd for $2"
+exec {command} --kver "$2" -o "$KERNEL_INSTALL_STAGING_AREA/initrd" --force
+"""
+
+
+SHUTDOWN_UNIT = "/usr/lib/systemd/system/pyinit-shutdown.service"
+# Like dracut-shutdown.service: nothing at boot; when it is stopped at shutdown (while the
+# filesystems are still mounted) the image is unpacked into /run/initramfs, where
+# systemd-shutdown finds /shutdown. Only after a boot whose storage stack made dm or md
+# devices (the init leaves the marker); a plain root needs none of it.
+SHUTDOWN_UNIT_TEXT = """[Unit]
+Description=Unpack pyinit's initramfs for the shutdown of a root on LUKS, LVM or RAID
+After=local-fs.target boot.mount boot.automount
+Wants=local-fs.target
+ConditionPathExists={marker}
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/true
+ExecStop={command} --prepare-shutdown
+
+[Install]
+WantedBy=sysinit.target
+"""
+
+
+class DistroError(ValueError):
+    """A kernel, an image or a hook cannot be handled; the message names the path."""
+
+
+def image_path(kver: str, boot: str = BOOT) -> str:
+    return os.path.join(boot, f"initrd.img-{kver}")
+
+
+def installed_kernels(boot: str = BOOT, modules: str = MODULES) -> list[str]:
+    """Kernels with both a /boot/vmlinuz-KVER and modules (update-initramfs -k all)."""
+    try:
+        names = os.listdir(boot)
+    except OSError as err:
+        raise DistroError(f"{boot}: expected the kernels' directory, found: "
+                          f"{err.strerror}") from err
+    found = sorted(n.removeprefix("vmlinuz-") for n in names if n.startswith("vmlinuz-"))
+    return [k for k in found if os.path.isdir(os.path.join(modules, k))]
+
+
+def targets(which: str, boot: str = BOOT, modules: str = MODULES) -> list[str]:
+    """--update's argument: one kernel (it must be installed) or all of them."""
+    if which == "all":
+        kernels = installed_kernels(boot, modules)
+        if not kernels:
+            raise DistroError(f"--update all: expected kernels in {boot} (vmlinuz-KVER) with "
+                              f"modules in {modules}, found none")
+        return kernels
+    if not os.path.isdir(boot):
+        raise DistroError(f"--update {which}: expected {boot}, found no directory")
+    if not os.path.exists(os.path.join(modules, which)):
+        raise DistroError(f"--update {which}: expected the kernel's modules in "
+                          f"{os.path.join(modules, which)}, found none")
+    return [which]
+
+
+def post_update(kver: str, image: str, directory: str = POST_UPDATE,
+                say: Callable[[str], None] = print) -> None:
+    """run-parts --arg=KVER --arg=IMAGE DIRECTORY, as initramfs-tools and dracut do."""
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return
+    for name in names:
+        path = os.path.join(directory, name)
+        if not RUN_PARTS_NAME.fullmatch(name) or not os.path.isfile(path) \
+                or not os.access(path, os.X_OK):
+            continue
+        try:
+            done = subprocess.run([path, kver, image], capture_output=True, text=True,
+                                  timeout=HOOK_TIMEOUT, check=False)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise DistroError(f"{path} {kver} {image}: {err}") from err
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise DistroError(f"{path} {kver} {image} exited with status "
+                              f"{done.returncode}: {last}")
+        say(f"{path}: done")
+
+
+def remove(kver: str, boot: str = BOOT) -> str | None:
+    """Delete the image of KVER; returns its path, or None when there was none."""
+    path = image_path(kver, boot)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise DistroError(f"--remove {kver}: cannot delete {path}: {err.strerror}") from err
+    return path
+
+
+def prepare_shutdown(image: str, extract_to: Callable[[str, str], int],
+                     run_dir: str = layout.RUN_DIR) -> str:
+    """Unpack IMAGE into RUN_DIR for systemd-shutdown; returns the shutdown program."""
+    if not os.path.exists(os.path.join(run_dir, os.path.basename(layout.STORAGE_ACTIVE))):
+        raise DistroError(f"--prepare-shutdown: expected {layout.STORAGE_ACTIVE} (written by "
+                          "pyinit when it made dm or md devices), found none")
+    extract_to(image, run_dir)
+    program = os.path.join(run_dir, layout.SHUTDOWN.lstrip("/"))
+    if not os.access(program, os.X_OK):
+        raise DistroError(f"--prepare-shutdown: {image} has no {layout.SHUTDOWN} (an image "
+                          "without dm or md stacks)")
+    return program
+
+
+def command_line() -> str:
+    """How the hooks call this builder: its interpreter and its entry point, as now run."""
+    entry = os.path.abspath(sys.argv[0])
+    if os.path.basename(entry) in ("mkinitramfs.py", "pyinit-mkinitramfs") and \
+            os.access(entry, os.X_OK):
+        return shlex.quote(entry)
+    return f"{shlex.quote(sys.executable)} -m pyinit.builder.cli"
+
+
+LOCAL_SHUTDOWN_UNIT = "/etc/systemd/system/pyinit-shutdown.service"
+
+
+def install_hooks(root: str = "/", command: str | None = None) -> list[str]:
+    """Write the three kernel hooks and the shutdown unit (enabled) under ROOT; returns
+    their paths."""
+    command = command or command_line()
+    tool = "pyinit-mkinitramfs --install-hooks"
+    written = []
+    for path, text, mode in (
+            (POSTINST, POSTINST_TEXT.format(tool=tool, command=command), 0o755),
+            (POSTRM, POSTRM_TEXT.format(tool=tool, command=command), 0o755),
+            (KERNEL_INSTALL, KERNEL_INSTALL_TEXT.format(tool=tool, command=command), 0o755),
+            (LOCAL_SHUTDOWN_UNIT, SHUTDOWN_UNIT_TEXT.format(marker=layout.STORAGE_ACTIVE,
+                                                            command=command), 0o644)):
+        full = os.path.join(root, path.lstrip("/"))
+        try:
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            tmp = full + ".pyinit-new"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.chmod(tmp, mode)
+            os.replace(tmp, full)
+        except OSError as err:
+            raise DistroError(f"--install-hooks: cannot write {full}: {err.strerror}") \
+                from err
+        written.append(full)
+    wants = os.path.join(root, "etc/systemd/system/sysinit.target.wants")
+    link = os.path.join(wants, os.path.basename(LOCAL_SHUTDOWN_UNIT))
+    try:
+        os.makedirs(wants, exist_ok=True)
+        if not os.path.lexists(link):
+            os.symlink(LOCAL_SHUTDOWN_UNIT, link)
+    except OSError as err:
+        raise DistroError(f"--install-hooks: cannot enable {link}: {err.strerror}") from err
+    return written
+
+
+def running_in_chroot(mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """Whether this process runs in a chroot: its / is not PID 1's, or (where /proc/1/root
+    cannot be read, as from another mount namespace) no mount shows at / in its
+    mountinfo (a chroot into a directory). sysfs then describes another machine's
+    hardware, so a host-only image would be wrong."""
+    try:
+        mine, init = os.stat("/"), os.stat("/proc/1/root")
+        if (mine.st_dev, mine.st_ino) != (init.st_dev, init.st_ino):
+            return True
+    except OSError:
+        pass
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as fh:
+            return not any(line.split()[4] == "/" for line in fh if len(line.split()) > 4)
+    except OSError:
+        return False
