@@ -24,7 +24,7 @@ def resume_from(dev: BlockDevice, offset: int | None, emit: Callable[..., None],
         warn("resume_skipped", device=dev.node,
              reason=f"expected a swap device, found {dev.fstype or 'no signature'}")
         return
-    emit("resume", device=dev.node, image=dev.fstype == "swsuspend", offset=offset or 0)
+    emit("resume", device=dev.node, type=dev.fstype, offset=offset or 0)  # swsuspend: image
     try:
         if offset is not None:
             with open(f"{sys_power}/resume_offset", "w", encoding="ascii") as fh:

@@ -53,6 +53,19 @@ poweroff -f
 """
 
 
+HIBERNATE = r"""#!/bin/sh
+# init= for the resume test: hibernate to the swap named in /etc/hibernate-swap, then,
+# once resumed, say so and power off.
+swap=$(cat /etc/hibernate-swap)
+swapon "$swap" || { echo "HIBERNATE swapon failed"; poweroff -f; }
+echo "HIBERNATE going down"
+echo disk > /sys/power/state || echo "HIBERNATE failed"
+echo "HIBERNATE resumed pid=$$"
+sync
+poweroff -f
+"""
+
+
 @dataclass
 class Disk:
     path: str
@@ -75,6 +88,11 @@ def make_rootfs(directory: str, init_name: str = "sbin/init") -> None:
     os.chmod(init, 0o755)
     with open(os.path.join(directory, "etc/os-release"), "w", encoding="utf-8") as fh:
         fh.write("ID=pyinit-test\n")
+    with open(os.path.join(directory, "sbin/hibernate"), "w", encoding="utf-8") as fh:
+        fh.write(HIBERNATE)
+    os.chmod(os.path.join(directory, "sbin/hibernate"), 0o755)
+    with open(os.path.join(directory, "etc/hibernate-swap"), "w", encoding="utf-8") as fh:
+        fh.write("/dev/mapper/debian--vg-swap_1\n")
 
 
 def make_ext4_disk(path: str, tree: str, size_mb: int = 64, label: str = "pyroot") -> Disk:
@@ -106,11 +124,11 @@ class BootResult:
 
 
 def qemu_argv(vmlinuz: str, initrd: str, disks: list[str], cmdline: str, memory_mb: int,
-              devices: list[str]) -> list[str]:
-    """One vCPU under TCG (nested KVM fails here), no reboot, virtio disks; DEVICES adds
+              devices: list[str], cpus: int = 1) -> list[str]:
+    """CPUS vCPUs under TCG (nested KVM fails here), no reboot, virtio disks; DEVICES adds
     the serial console and any control sockets."""
     argv = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", str(memory_mb),
-            "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot", *devices,
+            "-smp", str(cpus), "-nodefaults", "-display", "none", "-no-reboot", *devices,
             "-kernel", vmlinuz, "-initrd", initrd, "-append", cmdline]
     for disk in disks:
         argv += ["-drive", f"file={disk},format=raw,if=virtio"]
@@ -118,10 +136,10 @@ def qemu_argv(vmlinuz: str, initrd: str, disks: list[str], cmdline: str, memory_
 
 
 def boot(vmlinuz: str, initrd: str, disks: list[str], cmdline: str, log_path: str,
-         timeout: float = 180, memory_mb: int = 512) -> BootResult:
+         timeout: float = 180, memory_mb: int = 512, cpus: int = 1) -> BootResult:
     """Boot under qemu TCG; returns the serial log. Kills qemu after TIMEOUT seconds."""
     argv = qemu_argv(vmlinuz, initrd, disks, cmdline, memory_mb,
-                     ["-serial", f"file:{log_path}"])
+                     ["-serial", f"file:{log_path}"], cpus)
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     timed_out = False
@@ -141,10 +159,12 @@ def boot(vmlinuz: str, initrd: str, disks: list[str], cmdline: str, log_path: st
 
 def build_image(output: str, kernel_moddir: str, kver: str, drivers: list[str],
                 compression: str = "zstd", extra: list[str] | None = None,
-                udev: str = "none") -> str:
+                udev: str | None = None) -> str:
+    """mkinitramfs.py for a test kernel; UDEV None: the builder's default (auto)."""
     argv = [os.path.join(REPO, "mkinitramfs.py"), "-o", output, "--kver", kver, "--kmoddir",
-            kernel_moddir, "--compress", compression, "--udev", udev, "--force",
-            *(extra or [])]
+            kernel_moddir, "--compress", compression, "--force", *(extra or [])]
+    if udev is not None:
+        argv += ["--udev", udev]
     if drivers:
         argv += ["--add-drivers", " ".join(drivers)]
     done = subprocess.run(argv, check=False, capture_output=True, text=True)

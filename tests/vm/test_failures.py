@@ -15,7 +15,7 @@ import pytest
 from pyinit import layout
 from pyinit.builder import cpio
 from tests.vm import harness
-from tests.vm.conftest import DRIVERS, Setup
+from tests.vm.conftest import DRIVERS, ON_7X, Setup
 from tests.vm.kernels import Kernel
 
 UNATTENDED = "rd.shell=0 rd.emergency=poweroff"
@@ -65,18 +65,21 @@ def test_root_absent(setup: Setup) -> None:
     assert "try: check root= against the devices listed" in result.log
 
 
+@ON_7X
 def test_root_malformed(setup: Setup) -> None:
     result = powered_off(setup, "root=PARTUUID=abc/notanoffset", "malformed")
     assert ("boot failed in stage cmdline: root=PARTUUID=abc/notanoffset: expected "
             "PARTUUID=UUID or PARTUUID=UUID/PARTNROFF=N") in result.log
 
 
+@ON_7X
 def test_filesystem_type_unknown(setup: Setup) -> None:
     result = powered_off(setup, f"root=UUID={setup.disk.uuid} rootfstype=nosuchfs", "fstype")
     assert ("boot failed in stage mount: cannot mount /dev/vda on /sysroot (ro): "
             "nosuchfs: No such device; the kernel knows: ") in result.log
 
 
+@ON_7X
 def test_corrupted_superblock(setup: Setup, corrupt_disk: str) -> None:
     result = powered_off(setup, "root=/dev/vda rootfstype=ext4", "corrupt",
                          disks=[corrupt_disk])
@@ -94,12 +97,14 @@ def test_init_missing_then_fallbacks_fail(setup: Setup, noinit_disk: harness.Dis
     assert not result.events("switch_root")
 
 
+@ON_7X
 def test_init_not_executable(setup: Setup, noinit_disk: harness.Disk) -> None:
     result = powered_off(setup, f"root=UUID={noinit_disk.uuid}", "noexec",
                          disks=[noinit_disk.path])
     assert "/sbin/init: not executable" in result.log
 
 
+@ON_7X
 def test_required_module_missing_from_the_image(setup: Setup) -> None:
     result = powered_off(setup, f"root=UUID={setup.disk.uuid} rd.driver.pre=virtio_scsi",
                          "nomodule")
@@ -107,6 +112,7 @@ def test_required_module_missing_from_the_image(setup: Setup) -> None:
             "image's module index") in result.log
 
 
+@ON_7X
 def test_bad_command_line_never_crashes(setup: Setup) -> None:
     # The kernel keeps 2048 bytes of command line on x86: fill most of it.
     garbage = ("x" * 900 + " rd.timeout=abc root=UUID= \u00e9\u00e8=\x7f rd.timeout=abc "
@@ -120,6 +126,7 @@ def test_bad_command_line_never_crashes(setup: Setup) -> None:
 
 
 
+@ON_7X
 def test_panic_reboots_after_the_delay(setup: Setup) -> None:
     # Console allowed, but panic=2 asks for a reboot instead of waiting (as the kernel does).
     result = setup.boot("rd.timeout=2 panic=2 root=LABEL=absent", "panic", timeout=90)

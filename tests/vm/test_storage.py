@@ -117,15 +117,15 @@ def storage_image(kernel7: Kernel, tmp_path_factory: pytest.TempPathFactory) -> 
     key.write_bytes(KEY)
     image = str(tmp / "initrd-storage.img")
     harness.build_image(image, kernel7.moddir, kernel7.kver, DRIVERS[kernel7.name],
-                        extra=[*STORAGE, "--luks-key", f"{key}:{KEY_PATH}"])
+                        extra=[*STORAGE, "--luks-key", f"{key}:{KEY_PATH}"], udev="none")
     return image
 
 
 def boot(kernel: Kernel, image: str, disks: list[str], cmdline: str, tmp_path: Path,
-         memory_mb: int = 512) -> harness.BootResult:
+         memory_mb: int = 512, name: str = "boot") -> harness.BootResult:
     result = harness.boot(kernel.vmlinuz, image, disks,
                           f"console=ttyS0 panic=-1 {UNATTENDED} {cmdline}",
-                          str(tmp_path / "boot.log"), timeout=300, memory_mb=memory_mb)
+                          str(tmp_path / f"{name}.log"), timeout=300, memory_mb=memory_mb)
     assert not result.timed_out, result.log[-3000:]
     return result
 
@@ -188,7 +188,7 @@ def test_lvm_on_luks_debian_layout_with_resume(kernel7: Kernel, tmp_path: Path,
                       f'luks_keys = ["{key}:{KEY_PATH}"]\n')
     image = str(tmp_path / "initrd.img")
     harness.build_image(image, kernel7.moddir, kernel7.kver, DRIVERS[kernel7.name],
-                        extra=["--config", str(config)])
+                        extra=["--config", str(config)], udev="none")
     listing = subprocess.run([str(Path(harness.REPO) / "mkinitramfs.py"), "--list", image],
                              capture_output=True, text=True, check=True).stdout
     assert "etc/crypttab" in listing and "sbin/mdadm" not in listing  # only what was asked
@@ -199,7 +199,27 @@ def test_lvm_on_luks_debian_layout_with_resume(kernel7: Kernel, tmp_path: Path,
     assert [e["target"] for e in result.events("lvm_activated")] == [
         "debian-vg/root", "debian-vg/swap_1"]
     resume = result.events("resume")
-    assert resume and resume[0]["image"] == "false"  # swap, nothing hibernated on it
+    assert resume and resume[0]["type"] == "swap"  # nothing hibernated on it
+
+
+def test_hibernate_then_resume_through_lvm_on_luks(kernel7: Kernel, storage_image: str,
+                                                   disks: dict[str, dict[str, str]],
+                                                   tmp_path: Path) -> None:
+    """Hibernate to the swap LV of Debian's layout, then boot again: pyinit unlocks the
+    disk, activates the LVs and hands the swap to the kernel, which restores the machine
+    (the hibernating init goes on where it stopped)."""
+    [disk] = copies(disks["debian-layout"], tmp_path, "d")
+    cmdline = (f"root=/dev/mapper/debian--vg-root resume=/dev/mapper/debian--vg-swap_1 "
+               f"rd.luks.uuid={LUKS_UUID} rd.luks.key={KEY_PATH} init=/sbin/hibernate")
+    first = boot(kernel7, storage_image, [disk], cmdline, tmp_path, name="hibernate")
+    assert "HIBERNATE going down" in first.log, first.log[-3000:]
+    # The image written, the machine went off (consoles suspended: no power-down line).
+    assert "HIBERNATE resumed" not in first.log and "PM: hibernation" in first.log
+    second = boot(kernel7, storage_image, [disk], cmdline, tmp_path, name="resume")
+    resume = second.events("resume")
+    assert resume and resume[0]["type"] == "swsuspend", second.log[-3000:]  # an image
+    assert "HIBERNATE resumed pid=1" in second.log, second.log[-3000:]
+    assert not second.events("root_mounted")  # restored before anything was mounted
 
 
 def test_luks_on_lvm(kernel7: Kernel, storage_image: str, disks: dict[str, dict[str, str]],
