@@ -15,15 +15,16 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import NamedTuple
 
+from pyinit import layout
 from pyinit.rootspec import RootSpec, RootSpecError, parse_root
 
 WHITESPACE = frozenset(" \t\n\v\f\r")  # the kernel's isspace(), not Unicode's
 STAGES = ("cmdline", "modules", "discover", "mount", "switch_root")
 EMERGENCY_ACTIONS = ("shell", "reboot", "poweroff", "halt")
 LOG_FORMATS = ("pretty", "json")
-# Keys whose bad values stop the boot: they decide what boots.
+# Keys whose bad values stop the boot: they decide what boots. (The storage keys do too;
+# the storage modules read them, pyinit.storage.cmdline_errors.)
 DECIDING = ("root", "init", "resume", "resume_offset")
-DECIDING_PREFIXES = ("rd.luks", "luks", "rd.lvm", "rd.md")
 # The Options field each lenient key sets, to name the value it keeps after a bad one.
 FIELDS = {"rootfstype": "rootfstype", "rootflags": "rootflags", "rootdelay": "rootdelay",
           "rd.timeout": "timeout", "rd.break": "breaks", "rd.shell": "shell",
@@ -189,12 +190,6 @@ def _boolean(key: str, value: str | None) -> bool:
     raise CmdlineError(f"{key}={value or ''}: expected 0 or 1")
 
 
-def deciding(key: str) -> bool:
-    """Whether a bad value of KEY stops the boot (it decides what boots)."""
-    return (key in DECIDING or key in DECIDING_PREFIXES
-            or key.startswith(tuple(p + "." for p in DECIDING_PREFIXES)))
-
-
 def _kept(key: str, options: Options) -> str:
     field = FIELDS.get(key)
     if field is None:
@@ -229,7 +224,7 @@ def parse(text: str) -> Options:
         try:
             _apply(key, value, values, breaks, blacklist, driver_pre)
         except CmdlineError as err:
-            if deciding(key):
+            if key in DECIDING:
                 errors.append(str(err))
             else:
                 warnings.append((key, str(err)))
@@ -302,3 +297,16 @@ def _apply(key: str, value: str | None, values: dict[str, object], breaks: set[s
         values["fsck_mode"] = _choice(key, value, ("auto", "skip", "force"))
     elif key == "fsck.repair":
         values["fsck_repair"] = _choice(key, value, ("preen", "yes", "no"))
+
+
+def read(init_args: tuple[str, ...]) -> Options:
+    """/proc/cmdline over the image's defaults. INIT_ARGS are the arguments the kernel
+    passed to /init (what it did not know, and everything after "--"): the real init's."""
+    with open("/proc/cmdline", "rb") as fh:
+        options = parse_bytes(fh.read())
+    try:
+        with open(layout.DEFAULT_CMDLINE, "rb") as fh:
+            defaults = parse_bytes(fh.read())
+    except FileNotFoundError:
+        defaults = Options()
+    return amend(defaults, join(list(options.params), []), init_args)

@@ -33,15 +33,17 @@ def sysfs_modaliases(sys: str = "/sys", known: Container[str] = ()) -> dict[str,
     return found
 
 
-def coldplug(loader: Loader, sys: str = "/sys") -> tuple[int, int]:
+def coldplug(loader: Loader, sys: str = "/sys",
+             seen: dict[str, str] | None = None) -> tuple[int, int]:
     """Load the modules every existing device's MODALIAS names, read straight from sysfs
     (a pyudev enumeration of every device costs ~0.4 s of guest time under TCG). A bus
     driver's probe adds devices on another bus (virtio_pci's on the virtio bus): the scan
     repeats, for the new devices only, while a pass loads modules, so their drivers load
     here instead of when their uevents come through.
 
+    SEEN (bus/device -> modalias) holds what an earlier pass handled; it is updated.
     Returns (bus devices seen, devices with a MODALIAS)."""
-    seen: dict[str, str] = {}
+    seen = {} if seen is None else seen
     while True:
         before = len(loader.loaded_here)
         fresh = sysfs_modaliases(sys, known=seen)

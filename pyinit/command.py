@@ -12,6 +12,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
+KILL_WAIT = 5.0  # seconds a killed child may take to go
+
 
 class CommandError(RuntimeError):
     """A child could not run, did not finish in time, or failed; the message says which,
@@ -51,14 +53,22 @@ def run(argv: Sequence[str], timeout: float, *, input: bytes | None = None,
     Raises CommandError when it cannot start or does not finish in time, and, with CHECK,
     when it ends with a non-zero status."""
     try:
-        done = subprocess.run(list(argv), input=input, capture_output=True, timeout=timeout,
-                              env=None if env is None else dict(env), check=False,
-                              stdin=subprocess.DEVNULL if input is None else None)
-    except subprocess.TimeoutExpired as err:
-        raise CommandError(f"{shown(argv)}: no answer within {timeout:g} s") from err
+        proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
+                                env=None if env is None else dict(env))
     except OSError as err:
         raise CommandError(f"{shown(argv)}: cannot run: {err.strerror or err}") from err
-    result = Done(done.returncode, done.stdout, done.stderr)
+    try:
+        stdout, stderr = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        proc.kill()
+        try:  # bounded too: a child stuck in the kernel (state D) outlives SIGKILL
+            proc.communicate(timeout=KILL_WAIT)
+        except subprocess.TimeoutExpired:
+            raise CommandError(f"{shown(argv)}: no answer within {timeout:g} s, and still "
+                               f"there {KILL_WAIT:g} s after SIGKILL") from err
+        raise CommandError(f"{shown(argv)}: no answer within {timeout:g} s") from err
+    result = Done(proc.returncode, stdout, stderr)
     if check and result.status != 0:
         raise CommandError(f"{shown(argv)} {describe_status(result.status)}: "
                            f"{result.last_line()}")

@@ -149,12 +149,14 @@ def exec_init(requested: str | None, args: tuple[str, ...], env: Mapping[str, st
     """execve the first candidate that runs; raises ExecError listing what was tried.
     A systemd init also gets the initrd's start (STARTED) as a switched-root state."""
     tried = []
+    state: int | None = None  # the initrd timestamp for systemd, made once
     for path, problem in choose(requested):
         if problem is None:
             argv = [path, *args]
             if started and is_systemd(path) and (systemd_version() or 0) >= SYSTEMD_MIN:
-                fd = initrd_timestamp(started)
-                argv = [path, "--switched-root", "--system", "--deserialize", str(fd), *args]
+                state = initrd_timestamp(started) if state is None else state
+                argv = [path, "--switched-root", "--system", "--deserialize", str(state),
+                        *args]
             try:
                 os.execve(path, argv, dict(env))
             except OSError as err:

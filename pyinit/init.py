@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
-from pyinit import cmdline, layout, lazyimport, log, pid1, rescue, syscalls
+from pyinit import cmdline, early, layout, lazyimport, log, pid1, rescue
 from pyinit.cmdline import Options
 
 if TYPE_CHECKING:
@@ -18,52 +17,6 @@ T = TypeVar("T")
 SYSROOT = layout.SYSROOT
 
 
-def early_mounts() -> None:
-    """Stage 1: the API filesystems, then stdio on /dev/console."""
-    table = (
-        ("proc", "/proc", "proc", syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC,
-         None),
-        ("sysfs", "/sys", "sysfs", syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC,
-         None),
-        ("devtmpfs", "/dev", "devtmpfs", syscalls.MS_NOSUID, "mode=0755"),
-        # As systemd's initrd interface asks; the hand-over moves it into the real root.
-        ("tmpfs", "/run", "tmpfs",
-         syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_STRICTATIME, "mode=0755"),
-    )
-    for source, target, fstype, flags, data in table:
-        os.makedirs(target, exist_ok=True)
-        if not os.path.ismount(target):
-            syscalls.mount(source, target, fstype, flags, data)
-    reopen_console()
-
-
-def reopen_console() -> None:
-    """Put fds 0-2 on devtmpfs's /dev/console. The kernel opened the archive's own
-    dev/console for us; left open, those fds would pin the initramfs after the hand-over."""
-    try:
-        console = os.open("/dev/console", os.O_RDWR | os.O_NOCTTY)
-    except OSError:
-        return  # keep whatever the kernel gave us
-    for fd in (0, 1, 2):
-        os.dup2(console, fd)
-    if console > 2:
-        os.close(console)
-
-
-DEFAULTS = layout.DEFAULT_CMDLINE
-
-
-def read_cmdline(init_args: tuple[str, ...]) -> Options:
-    """/proc/cmdline over the image's defaults. INIT_ARGS are the arguments the kernel
-    passed to /init (what it did not know, and everything after "--"): the real init's."""
-    with open("/proc/cmdline", "rb") as fh:
-        options = cmdline.parse_bytes(fh.read())
-    try:
-        with open(DEFAULTS, "rb") as fh:
-            defaults = cmdline.parse_bytes(fh.read())
-    except FileNotFoundError:
-        defaults = cmdline.Options()
-    return cmdline.amend(defaults, cmdline.join(list(options.params), []), init_args)
 
 
 class Boot:
@@ -106,7 +59,7 @@ class Boot:
             raise cmdline.CmdlineError("; ".join(errors))
 
     def run(self) -> NoReturn:
-        early_mounts()
+        early.mount_api()  # done already by /init's early start, unless that failed
         self.started = (time.clock_gettime_ns(time.CLOCK_REALTIME) // 1000,
                         time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
         log.unthrottle_kmsg()
@@ -114,7 +67,7 @@ class Boot:
         log.configure()
         pid1.take_over(rescue.ctrl_alt_del)
         try:
-            self.options = read_cmdline(tuple(sys.argv[1:]))
+            self.options = cmdline.read(tuple(sys.argv[1:]))
         except OSError as err:
             log.get().error("cmdline_unreadable", error=str(err))
         self.stage("cmdline", self.check_cmdline)

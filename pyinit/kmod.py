@@ -6,12 +6,26 @@ import errno
 import os
 from collections.abc import Callable, Iterable
 
-from pyinit import syscalls
-from pyinit.modindex import ModuleIndex
+from pyinit import layout, syscalls
+from pyinit.modindex import ModuleIndex, kernels_in_image
 
 
 class ModuleError(OSError):
     """A module could not be loaded; the message names the module and the reason."""
+
+
+def running_kernel_index() -> ModuleIndex:
+    """The image's index for the running kernel; an image made for another kernel is
+    named as such (its modules would not load, and the root would never appear)."""
+    kver = os.uname().release
+    index = ModuleIndex.load(f"{layout.MODULES_DIR}/{kver}")
+    if not index.paths and not index.builtin:
+        built_for = [k for k in kernels_in_image() if k != kver]
+        if built_for:
+            raise ModuleError(2, f"this image was built for {', '.join(built_for)}, the "
+                              f"kernel is {kver}: rebuild it with --kver {kver} or boot "
+                              "the kernel it was built for")
+    return index
 
 
 def loaded_modules(proc_modules: str = "/proc/modules") -> set[str]:

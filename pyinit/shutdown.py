@@ -28,7 +28,8 @@ DM_CONTROL = "/dev/mapper/control"
 DM_IOCTL = struct.Struct("=3I7I Q 128s 129s 7s")
 DM_REMOVE_ALL = (3 << 30) | (DM_IOCTL.size << 16) | (0xFD << 8) | 1  # _IOWR(0xfd, 1, ...)
 MD_STOP_ARRAY = (9 << 8) | 0x32  # _IO(MD_MAJOR, 0x32)
-VERBS = {"reboot": syscalls.RB_AUTOBOOT, "kexec": syscalls.RB_AUTOBOOT,
+RB_KEXEC = 0x45584543  # LINUX_REBOOT_CMD_KEXEC: the kernel systemd loaded with kexec
+VERBS = {"reboot": syscalls.RB_AUTOBOOT, "kexec": RB_KEXEC,
          "poweroff": syscalls.RB_POWER_OFF, "halt": syscalls.RB_HALT_SYSTEM}
 
 
@@ -161,6 +162,11 @@ def main(argv: list[str]) -> None:
         syscalls.reboot(VERBS[verb])
     except OSError as err:
         say(f"{verb} failed: {err.strerror}")
+        if verb == "kexec":  # nothing loaded after all: reboot the ordinary way
+            try:
+                syscalls.reboot(syscalls.RB_AUTOBOOT)
+            except OSError:
+                pass
     while True:  # PID 1 must not exit
         os.read(os.pipe()[0], 1)
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 
-from pyinit import execinit, fsck, layout, log, modindex, mountroot, pid1, rescue, switchroot
+from pyinit import early, execinit, fsck, layout, log, mountroot, pid1, rescue, switchroot
 from pyinit import udevd as udevd_
 from pyinit.assemble import Discovery
 from pyinit.blockdev import BlockDevice
 from pyinit.cmdline import Options
-from pyinit.kmod import Loader, ModuleError
+from pyinit.kmod import Loader, ModuleError, running_kernel_index
 from pyinit.match import DiscoveryError
 from pyinit.uevents import Hotplug
 
@@ -23,26 +24,20 @@ def _warn(event: str, **fields: object) -> None:
     log.get().warning(event, **fields)
 
 
-def module_index(kver: str) -> modindex.ModuleIndex:
-    """The image's index for the running kernel; an image made for another kernel is
-    named as such (its modules would not load, and the root would never appear)."""
-    base = f"{layout.MODULES_DIR}/{kver}"
-    index = modindex.ModuleIndex.load(base)
-    if not index.paths and not index.builtin:
-        built_for = [k for k in modindex.kernels_in_image() if k != kver]
-        if built_for:
-            raise ModuleError(2, f"this image was built for {', '.join(built_for)}, the "
-                              f"kernel is {kver}: rebuild it with --kver {kver} or boot "
-                              "the kernel it was built for")
-    return index
-
-
 def load_modules(options: Options, previous: Hotplug | None) -> Hotplug:
-    """rd.driver.pre first, then coldplug: every existing device's MODALIAS. A retried
-    stage first closes what the failed try started (its listener, its udevd)."""
+    """rd.driver.pre first, then coldplug: every existing device's MODALIAS. The early
+    child (pyinit.early) did most of it while the init imported; what it did is logged
+    here, and the pass below only loads for devices that came since. A retried stage
+    first closes what the failed try started (its listener, its udevd)."""
     if previous is not None:
         previous.close()
-    loader = Loader(module_index(os.uname().release), options.blacklist, on_event=_emit)
+    done = early.collect()
+    for event, fields in done.events:
+        _emit(event, **fields)
+    if done.error:
+        raise ModuleError(errno.EIO, done.error)
+    loader = Loader(running_kernel_index(), options.blacklist, on_event=_emit)
+    loader.loaded_here += done.loaded
     loader.load_all(options.driver_pre, reason="rd.driver.pre")
     udev = None
     if udevd_.mode() == "always":
@@ -51,7 +46,7 @@ def load_modules(options: Options, previous: Hotplug | None) -> Hotplug:
         _emit("udevd_started", pid=udev.process.pid,
               duration=round(time.monotonic() - started, 3))
     hotplug = Hotplug(loader, udev)
-    devices, with_alias = hotplug.coldplug()
+    devices, with_alias = hotplug.coldplug(done.seen)
     if udev is not None:
         udev.trigger()
     _emit("coldplug", devices=devices, modaliases=with_alias, index=len(loader.index.paths),
@@ -128,8 +123,12 @@ def hand_over(options: Options, hotplug: Hotplug, new_root: str) -> tuple[str, i
         udev.stop()
         _emit("udevd_stopped", status=udev.process.returncode)
     switchroot.make_private("/")
-    switchroot.move_api_mounts(new_root, _warn)
-    method, removed, errors = switchroot.switch_root(new_root)
+    moved = switchroot.move_api_mounts(new_root, _warn)
+    try:
+        method, removed, errors = switchroot.switch_root(new_root)
+    except OSError:
+        switchroot.move_back(new_root, moved)  # the console needs /dev, /proc, /sys, /run
+        raise
     if errors:
         _warn("initramfs_not_deleted", count=len(errors), first=errors[0])
     return method, removed, init

@@ -58,6 +58,15 @@ def check(new_root: str, requested: str | None, warn: Callable[..., None]) -> st
     return init
 
 
+def move_back(new_root: str, moved: Sequence[str]) -> None:
+    """Undo move_api_mounts (a switch that failed): the console needs them where they were."""
+    for mount in reversed(moved):
+        try:
+            syscalls.mount(new_root.rstrip("/") + mount, mount, None, syscalls.MS_MOVE)
+        except OSError:
+            continue
+
+
 def move_api_mounts(new_root: str, warn: Callable[..., None],
                     mounts: Sequence[str] = API_MOUNTS) -> list[str]:
     """Move each mount under NEW_ROOT, making its directory there when it is missing. A
@@ -80,8 +89,7 @@ def move_api_mounts(new_root: str, warn: Callable[..., None],
         try:
             syscalls.mount(mount, target, None, syscalls.MS_MOVE)
         except OSError:
-            for done in reversed(moved):
-                syscalls.mount(new_root.rstrip("/") + done, done, None, syscalls.MS_MOVE)
+            move_back(new_root, moved)
             raise
         moved.append(mount)
     return moved
@@ -149,9 +157,16 @@ def switch_root(new_root: str) -> tuple[str, int, list[str]]:
                 syscalls.umount2(".", syscalls.MNT_DETACH)
             except OSError as err:
                 errors.append(f"umount of the old root: {err.strerror}")
-        os.chroot(".")
-        os.chdir("/")
-        removed = delete_contents(old_root, old_dev, errors)
+        try:
+            os.chroot(".")
+            os.chdir("/")
+        except OSError as err:  # cannot happen to root in a pivoted or moved root; if it
+            errors.append(f"chroot .: {err.strerror}")  # does, the exec names what is wrong
+        try:
+            removed = delete_contents(old_root, old_dev, errors)
+        except OSError as err:
+            errors.append(f"the old root: {err.strerror}")
+            removed = 0
         return method, removed, errors
     finally:
         os.close(old_root)

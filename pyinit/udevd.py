@@ -49,7 +49,10 @@ def udevadm(*args: str) -> None:
 
 def _kill(process: subprocess.Popen[bytes]) -> None:
     process.kill()
-    process.wait()
+    try:
+        process.wait(timeout=command.KILL_WAIT)
+    except subprocess.TimeoutExpired:
+        pass  # stuck in the kernel: PID 1's hand-back reports it
 
 
 class Udevd:
@@ -104,9 +107,6 @@ class Udevd:
         """Replay 'add' for the block devices: udev's properties and /dev/disk links are
         what the init wants of it (the init loads modules itself, from its index)."""
         udevadm("trigger", "--type=devices", "--subsystem-match=block", "--action=add")
-
-    def settle(self, timeout: float = COMMAND_TIMEOUT) -> None:
-        udevadm("settle", f"--timeout={timeout:g}")
 
     def stop(self) -> None:
         """Ask udevd to exit (SIGTERM: it finishes its workers and exits, as on

@@ -30,8 +30,8 @@ class Hotplug:
         self.monitor.start()
         self.events = 0
 
-    def coldplug(self) -> tuple[int, int]:
-        return coldplug.coldplug(self.loader)
+    def coldplug(self, seen: dict[str, str] | None = None) -> tuple[int, int]:
+        return coldplug.coldplug(self.loader, seen=seen)
 
     def block_devices(self) -> list[Any]:
         return list(self.context.list_devices(subsystem="block"))

@@ -158,16 +158,6 @@ def test_a_bad_value_keeps_the_previous_good_one() -> None:
                                 "rd.timeout stays 5",)
 
 
-def test_storage_keys_decide_what_boots() -> None:
-    from pyinit.cmdline import deciding
-
-    for key in ("root", "init", "resume", "rd.luks", "rd.luks.uuid", "luks.name", "rd.lvm.lv",
-                "rd.md.uuid", "rd.md"):
-        assert deciding(key), key
-    for key in ("rd.timeout", "rootflags", "rd.lvmx", "luksy", "panic"):
-        assert not deciding(key), key
-
-
 def test_amend_appends_parameters_and_keeps_init_arguments() -> None:
     options = parse("root=LABEL=wrong rd.shell=0 -- single")
     fixed = amend(options, "root=UUID=abc rw")

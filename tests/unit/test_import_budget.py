@@ -45,6 +45,8 @@ def imports_at_boot() -> dict[str, list[str]]:
 
 def test_the_init_runs_no_more_modules_than_the_budget() -> None:
     ran = imports_at_boot()["ran"]
+    # A plain root's boot never imports a storage stack (nor the storage package).
+    assert [m for m in ran if m.startswith("pyinit.storage") or m == "pyinit.prompt"] == []
     assert len(ran) <= BUDGET["max_modules"], (
         f"the init now runs {len(ran)} modules, the budget is {BUDGET['max_modules']}: {ran}")
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pyinit import layout, shutdown
+from pyinit import layout, shutdown, syscalls
 from pyinit.builder import distro
+
+MOUNTS_UNDER = shutdown.mounts_under
 
 
 def test_old_root_mounts_come_down_deepest_first(tmp_path: Path) -> None:
@@ -24,6 +26,30 @@ def test_old_root_mounts_come_down_deepest_first(tmp_path: Path) -> None:
     assert shutdown.mounts_under("/oldroot", str(mountinfo)) == [
         "/oldroot/dev/pts", "/oldroot/boot", "/oldroot/dev", "/oldroot/with space",
         "/oldroot"]
+
+
+def test_a_busy_old_root_is_detached_else_remounted_read_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text("40 30 253:1 / /oldroot ro - ext4 /dev/dm-1 ro\n"
+                         "41 40 0:5 / /oldroot/dev rw - devtmpfs udev rw\n")
+    monkeypatch.setattr(shutdown, "mounts_under",
+                        lambda top: MOUNTS_UNDER(top, str(mountinfo)))
+    calls: list[tuple[str, int]] = []
+
+    def umount2(target: str, flags: int = 0) -> None:
+        calls.append((target, flags))
+        if target == "/oldroot":
+            raise OSError(16, "Device or resource busy")
+
+    remounted: list[str] = []
+    monkeypatch.setattr(syscalls, "umount2", umount2)
+    monkeypatch.setattr(syscalls, "mount",
+                        lambda source, target, *args: remounted.append(target))
+    assert shutdown.unmount_old_root() == ["/oldroot: Device or resource busy"]
+    assert calls == [("/oldroot/dev", 0), ("/oldroot", 0),
+                     ("/oldroot", syscalls.MNT_DETACH)]
+    assert remounted == ["/oldroot"]  # read-only, at least
 
 
 def test_the_ioctls_match_the_kernel_headers() -> None:
