@@ -13,12 +13,25 @@ class DiscoveryError(RuntimeError):
 
 
 CONTAINERS = ("raid", "crypto")  # ID_FS_USAGE of LUKS, LVM PVs and md members: never a root
+# An LV's hidden layers show its filesystem too (raid legs, a snapshot's origin copy, a
+# thin pool's data): never the root. Their dm names carry these, or their dm uuids a suffix.
+LVM_LAYERS = ("_rimage_", "_mimage_", "_tdata", "_tmeta", "_cdata", "_cmeta", "_corig",
+              "_vdata", "_wcorig")
+LVM_UUID = len("LVM-") + 64  # VG and LV uuids: longer means a layer (-real, -cow, -pool)
+
+
+def lvm_layer(dev: BlockDevice) -> bool:
+    uuid = dev.props.get("DM_UUID", "")
+    return uuid.startswith("LVM-") and (
+        len(uuid) > LVM_UUID or any(m in dev.props.get("DM_NAME", "") for m in LVM_LAYERS))
 
 
 def matches(spec: RootSpec, dev: BlockDevice, containers: bool = False) -> bool:
     """Whether SPEC names DEV. A container (LUKS, an LVM PV, an md member) is never named
     by its UUID or label unless CONTAINERS (as crypttab and rd.luks.uuid= name LUKS)."""
     props = dev.props
+    if lvm_layer(dev):
+        return False
     if spec.kind == "path":
         if spec.value == dev.node or spec.value in dev.links:
             return True

@@ -20,7 +20,7 @@ SWAP_TYPES = ("swap", "swsuspend")
 
 def resume_from(dev: BlockDevice, offset: int | None, emit: Callable[..., None],
                 warn: Callable[..., None], sys_power: str = SYS_POWER) -> None:
-    if dev.fstype not in SWAP_TYPES:
+    if dev.fstype not in SWAP_TYPES and offset is None:  # a swap file: its filesystem
         warn("resume_skipped", device=dev.node,
              reason=f"expected a swap device, found {dev.fstype or 'no signature'}")
         return

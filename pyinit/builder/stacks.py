@@ -94,14 +94,29 @@ def walk(devnum: tuple[int, int], sys: str = "/sys", found: HostStack | None = N
         elif dm_uuid.startswith("LVM-"):
             found.stacks.add("lvm")
             named = lvm.split_mapper_name(dm_name)
-            if named and named not in found.lvs:
+            # An LV's hidden layers (thin pool data, raid legs, snapshot origins) are held
+            # by another LVM device: only the LV itself is named for activation.
+            if named and named not in found.lvs and not _held_by_lvm(path):
                 found.lvs.append(named)
+        elif os.path.isdir(os.path.join(path, "dm")):
+            raise StackError(f"/dev/{os.path.basename(path)} ({dm_name}, dm uuid "
+                             f"{dm_uuid or 'none'}) is under the root: expected LUKS, LVM or "
+                             "md devices, which are all pyinit brings up")
         if os.path.isdir(os.path.join(path, "md")):
             found.stacks.add("mdraid")
         slaves = os.path.join(path, "slaves")
         if os.path.isdir(slaves):
             todo += [os.path.realpath(os.path.join(slaves, s)) for s in os.listdir(slaves)]
     return found
+
+
+def _held_by_lvm(path: str) -> bool:
+    holders = os.path.join(path, "holders")
+    try:
+        names = os.listdir(holders)
+    except OSError:
+        return False
+    return any(_read(os.path.join(holders, n, "dm/uuid")).startswith("LVM-") for n in names)
 
 
 def _read(path: str) -> str:
@@ -157,6 +172,21 @@ def crypttab_entries(text: str, host: HostStack, path: str) -> str:
     return "".join(line + "\n" for line in keep)
 
 
+def check_carried(entries: str, carried: set[str], path: str) -> None:
+    """Every key file and detached header the crypttab entries name goes into the image
+    (--luks-key), or the boot would stop on it: refuse the build instead."""
+    volumes, _errors = luks.parse_crypttab(entries, path)
+    for volume in volumes:
+        needed = [(volume.key, "key file")] if volume.key else []
+        if volume.options.get("header"):
+            needed.append((volume.options["header"], "header"))
+        for file, what in needed:
+            if file not in carried:
+                raise StackError(f"{path}: {volume.name} needs the {what} {file}, which the "
+                                 f"image does not carry: add --luks-key {file} (or "
+                                 f"SRC:{file}), or leave the entry out of the initramfs")
+
+
 def plan(asked: list[str], hostonly: bool, generic: list[str], luks_keys: list[str],
          crypttab: str = luks.CRYPTTAB, mdadm_conf: str = mdraid.MDADM_CONF,
          host: HostStack | None = None) -> Plan:
@@ -195,16 +225,19 @@ def plan(asked: list[str], hostonly: bool, generic: list[str], luks_keys: list[s
                 raise StackError(f"--luks-key {key}: expected SRC or SRC:/PATH in the image")
             with open(src, "rb") as fh:
                 result.files[dest or src] = (fh.read(), 0o400)
+        wanted = ""
         if os.path.isfile(crypttab):
             with open(crypttab, encoding="utf-8") as fh:
                 wanted = crypttab_entries(fh.read(), host if hostonly else HostStack(),
                                           crypttab)
-            if wanted:
-                result.files[luks.CRYPTTAB] = (wanted.encode(), 0o600)
-        listed = result.files.get(luks.CRYPTTAB, (b"", 0))[0].decode()
+        # A LUKS volume under the root that crypttab does not name gets an entry of its
+        # own (its mapping name as on the host; the passphrase asked for).
         for uuid, name in host.luks if hostonly else []:
-            if name not in listed and uuid not in listed:
-                result.cmdline.append(f"rd.luks.name={uuid}={name}")
+            if name not in wanted and uuid not in wanted:
+                wanted += f"{name} UUID={uuid} none luks\n"
+        check_carried(wanted, set(result.files), crypttab)
+        if wanted:
+            result.files[luks.CRYPTTAB] = (wanted.encode(), 0o600)
     if "lvm" in ordered:
         result.files[lvm.LVM_CONF] = (lvm.LVM_CONF_TEXT.encode(), 0o644)
         if hostonly:

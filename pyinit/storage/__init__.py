@@ -2,7 +2,7 @@
 
 Each stack is one module with a build half (``NEEDS``, and what it reads from the build
 host: what the image must carry) and a boot half (``Handler``: what the init does with each
-device of its type). The image lists the stacks it carries in STACKS_FILE; a plain-root
+device of its type). The image lists the stacks it carries in layout.STORAGE_FILE; a plain-root
 boot reads that file, finds none, and imports none of them.
 
 At boot the assembly loop (pyinit.assemble) offers every probed block device to the
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from pyinit.kmod import Loader
 
 STACKS = ("luks", "lvm", "mdraid", "btrfs")
-STACKS_FILE = layout.STORAGE_FILE  # written by the builder, read by stages.storage_stacks
 # /shutdown in images with dm or md stacks: systemd-shutdown runs it from /run/initramfs.
 SHUTDOWN_SCRIPT = f"""#!/usr/bin/python3 -IS
 # pyinit's shutdown program (pyinit/shutdown.py): takes down the root's storage stack.

@@ -241,6 +241,28 @@ def parse_crypttab(text: str, path: str = CRYPTTAB) -> tuple[list[Volume], list[
     return volumes, errors
 
 
+def merge(named: list[Volume], listed: list[Volume], params: Sequence[str]) -> list[Volume]:
+    """As systemd: with volumes named on the command line only those are unlocked, but a
+    crypttab entry for the same UUID still gives its name, key and options (the command
+    line's win); with none named, the crypttab's entries."""
+    if not named:
+        return listed
+    explicit = {uuid for uuid, _ in (_uuid_prefixed(v) for v in
+                                     cmdline_values(params, "rd.luks.name", "luks.name"))}
+    merged = []
+    for volume in named:
+        entry = next((e for e in listed if e.spec.kind == "uuid" and
+                      e.spec.value == volume.spec.value), None)
+        if entry is None:
+            merged.append(volume)
+            continue
+        merged.append(Volume(volume.spec,
+                             volume.name if volume.spec.value in explicit else entry.name,
+                             volume.key or entry.key, {**entry.options, **volume.options},
+                             True))
+    return merged
+
+
 def check_cmdline(params: Sequence[str]) -> list[str]:
     return from_cmdline(params)[1]
 
@@ -254,20 +276,21 @@ class Luks:
 
     def __init__(self, env: Env, crypttab: str = CRYPTTAB) -> None:
         self.env = env
-        volumes, errors, settings = from_cmdline(env.options.params)
+        named, errors, settings = from_cmdline(env.options.params)
         if errors:
             raise StorageError("; ".join(errors))
         self.enabled = bool(settings["enabled"])
         self.auto = bool(settings["auto"])
-        if not volumes and settings["crypttab"]:
+        listed: list[Volume] = []
+        if settings["crypttab"]:
             try:
                 with open(crypttab, encoding="utf-8") as fh:
-                    volumes, errors = parse_crypttab(fh.read(), crypttab)
+                    listed, errors = parse_crypttab(fh.read(), crypttab)
             except FileNotFoundError:
                 pass
             if errors:
                 raise StorageError("; ".join(errors))
-        self.volumes = volumes
+        self.volumes = merge(named, listed, env.options.params)
         self.locked: dict[str, BlockDevice] = {}  # LUKS devices seen and not unlocked
         self.passphrases: list[str] = []  # those that worked, tried first on the next one
 

@@ -95,9 +95,12 @@ def volume_of(spec: RootSpec | None) -> tuple[str, str] | None:
 
 
 class Wanted:
-    """What the command line asks for."""
+    """What the command line asks for: rd.lvm.lv=/rd.lvm.vg=, and the volumes root= and
+    resume= name by path. Without rd.lvm.* and without a root named by path (root=UUID=),
+    or with rd.auto, every complete volume group (auto)."""
 
-    def __init__(self, params: Sequence[str], specs: Sequence[RootSpec | None]) -> None:
+    def __init__(self, params: Sequence[str], root: RootSpec | None,
+                 resume: RootSpec | None = None) -> None:
         self.errors: list[str] = []
         self.enabled = flag(params, "rd.lvm") is not False
         self.vgs = set(cmdline_values(params, "rd.lvm.vg"))
@@ -108,11 +111,12 @@ class Wanted:
                 self.errors.append(f"rd.lvm.lv={value}: expected VG/LV")
             else:
                 self.lvs.add((vg, lv))
-        for spec in specs:
-            named = volume_of(spec)
+        explicit = bool(self.vgs or self.lvs)
+        by_root = volume_of(root)
+        for named in (by_root, volume_of(resume)):
             if named:
                 self.lvs.add(named)
-        self.auto = auto(params) or not (self.vgs or self.lvs)
+        self.auto = auto(params) or not (explicit or by_root)
 
     def targets(self, vg: str, lvs: Sequence[str]) -> list[str]:
         """What to activate in VG: the whole group, or the wanted volumes in it."""
@@ -122,7 +126,7 @@ class Wanted:
 
 
 def check_cmdline(params: Sequence[str]) -> list[str]:
-    return Wanted(params, []).errors
+    return Wanted(params, None).errors
 
 
 class Group:
@@ -140,7 +144,7 @@ class Lvm:
     def __init__(self, env: Env) -> None:
         self.env = env
         options = env.options
-        self.wanted = Wanted(options.params, [options.root, options.resume])
+        self.wanted = Wanted(options.params, options.root, options.resume)
         if self.wanted.errors:
             raise StorageError("; ".join(self.wanted.errors))
         self.pvs: dict[str, BlockDevice] = {}
@@ -148,9 +152,8 @@ class Lvm:
         self.done: set[str] = set()
 
     def lvm(self, *args: str, check: bool = True) -> command.Done:
-        udev = int(self.env.udev_running)
-        config = (f"activation {{ udev_sync = {udev} udev_rules = {udev} }} "
-                  "devices { obtain_device_list_from_udev = 0 }")
+        udev = int(self.env.udev_running)  # the rest is the image's lvm.conf
+        config = f"activation {{ udev_sync = {udev} udev_rules = {udev} }}"
         return self.env.run([LVM, *args, "--config", config], check=check)
 
     def report(self) -> dict[str, Group]:
@@ -193,15 +196,26 @@ class Lvm:
                 self.env.before_activation()
                 mode = ["--activationmode", "degraded"] if group.missing else []
                 verb = "lvchange" if lv else "vgchange"
-                self.lvm(verb, "-aay", "--sysinit", *mode, target)
+                done = self.lvm(verb, "-aay", "--sysinit", *mode, target, check=not degraded)
+                if done.status != 0:  # degraded: what cannot run incomplete stays off
+                    self.env.warn("lvm_not_activated", target=target,
+                                  error=done.last_line())
+                    continue
                 self.done.add(target)
                 self.env.emit("lvm_activated", target=target, degraded=bool(group.missing))
                 acted = True
         return acted
 
     def degrade(self) -> bool:
+        """At 2/3 of the time: wanted groups that are still incomplete start degraded; and
+        when root= named a volume by a path no group has (LUKS on LVM: root=/dev/mapper/
+        NAME-crypt is no LV), every complete group is activated instead."""
         if not self.pvs:
             return False
+        if not self.done and not self.wanted.auto and self.groups:
+            self.env.warn("lvm_activating_all", reason="no volume group holds what root= "
+                          "and rd.lvm.* name", found=",".join(sorted(self.groups)))
+            self.wanted.auto = True
         acted = self.activate(degraded=True)
         for vg, group in self.groups.items():
             if group.missing and any(t in self.done for t in self.wanted.targets(vg, [])):

@@ -62,9 +62,14 @@ def export(output: bytes) -> dict[str, str]:
     return found
 
 
-def sys_value(device: str, name: str, sys_block: str = "/sys/block") -> str:
+def sys_value(device: str, name: str, sys_block: str = "/sys/block",
+              link: bool = False) -> str:
+    """/sys/block/mdN/md/NAME: its text, or where it links (rdN: the member in slot N)."""
+    path = f"{sys_block}/{os.path.basename(device)}/md/{name}"
     try:
-        with open(f"{sys_block}/{os.path.basename(device)}/md/{name}", encoding="ascii") as fh:
+        if link:
+            return os.readlink(path)
+        with open(path, encoding="ascii") as fh:
             return fh.read().strip()
     except OSError:
         return ""
@@ -114,12 +119,18 @@ class MdRaid:
         for array in self.arrays.values():
             if array.started or not array.device:
                 continue
-            self.env.run([MDADM, "--run", array.device])
+            done = self.env.run([MDADM, "--run", array.device], check=False)
+            if done.status != 0:  # too few members even to run degraded: the picture says so
+                self.env.warn("md_not_started", array=array.device, uuid=array.uuid,
+                              error=done.last_line())
+                continue
             array.started = True
-            total = sys_value(array.device, "raid_disks") or "?"
+            total = sys_value(array.device, "raid_disks")
+            slots = [str(n) for n in range(int(total) if total.isdigit() else 0)
+                     if not sys_value(array.device, f"rd{n}", link=True)]
             self.env.warn("md_degraded", array=array.device, uuid=array.uuid,
-                          present=",".join(array.members), expected=total,
-                          missing=(int(total) - len(array.members)) if total.isdigit() else "?")
+                          present=",".join(array.members), expected=total or "?",
+                          missing=len(slots), missing_slots=",".join(slots) or "none")
             acted = True
         return acted
 

@@ -65,6 +65,20 @@ usb /dev/disk/by-label/usb none luks,initramfs
 """
 
 
+def test_hidden_lvm_layers_are_not_named_and_other_dm_devices_refused(tmp_path: Path) -> None:
+    block(tmp_path, "vda", "254:0")
+    block(tmp_path, "dm-0", "253:0", ("vda",), dm=("vg-pool_tdata", "LVM-aaaaxyz-tdata"))
+    block(tmp_path, "dm-1", "253:1", ("dm-0",), dm=("vg-root", "LVM-aaaaxyw"))
+    os.makedirs(tmp_path / "devices/virtual/block/dm-0/holders")
+    os.symlink(tmp_path / "devices/virtual/block/dm-1",
+               tmp_path / "devices/virtual/block/dm-0/holders/dm-1")
+    assert stacks.walk((253, 1), str(tmp_path)).lvs == [("vg", "root")]
+    block(tmp_path, "dm-2", "253:2", ("vda",), dm=("plain", "CRYPT-PLAIN-plain"))
+    with pytest.raises(stacks.StackError, match=r"/dev/dm-2 \(plain, dm uuid CRYPT-PLAIN-"
+                                                r"plain\) is under the root: expected LUKS"):
+        stacks.walk((253, 2), str(tmp_path))
+
+
 def test_host_only_carries_the_crypttab_entries_its_stack_needs(tmp_path: Path) -> None:
     crypttab = tmp_path / "crypttab"
     crypttab.write_text(CRYPTTAB)
@@ -80,6 +94,26 @@ def test_host_only_carries_the_crypttab_entries_its_stack_needs(tmp_path: Path) 
     assert plan.files[lvm.LVM_CONF][0] == lvm.LVM_CONF_TEXT.encode()
     assert plan.cmdline == ["rd.lvm.lv=debian-vg/root"]
     assert plan.dm_or_md and "/sbin/cryptsetup" in plan.tools
+    # A LUKS volume under the root that crypttab does not name gets an entry of its own.
+    host.luks.append(("22222222-2222-4333-8444-555555555555", "other_crypt"))
+    plan = stacks.plan([], hostonly=True, generic=[], luks_keys=[],
+                       crypttab=str(crypttab), mdadm_conf=str(tmp_path / "none"), host=host)
+    assert plan.files["/etc/crypttab"][0].decode().endswith(
+        "other_crypt UUID=22222222-2222-4333-8444-555555555555 none luks\n")
+
+
+def test_a_key_file_crypttab_names_must_be_carried(tmp_path: Path) -> None:
+    crypttab = tmp_path / "crypttab"
+    crypttab.write_text("data UUID=11111111-2222-4333-8444-555555555555 /etc/keys/d.key "
+                        "luks,initramfs\n")
+    with pytest.raises(stacks.StackError, match=r"data needs the key file /etc/keys/d.key, "
+                                                r"which the image does not carry"):
+        stacks.plan(["luks"], hostonly=False, generic=[], luks_keys=[], crypttab=str(crypttab))
+    key = tmp_path / "d.key"
+    key.write_bytes(b"k")
+    plan = stacks.plan(["luks"], hostonly=False, generic=[],
+                       luks_keys=[f"{key}:/etc/keys/d.key"], crypttab=str(crypttab))
+    assert "/etc/keys/d.key" in plan.files
 
 
 def test_a_generic_image_carries_every_stack_and_a_plain_one_none(tmp_path: Path) -> None:

@@ -90,6 +90,21 @@ def test_systemd_command_line_grammar() -> None:
         "timeout, readonly, read-only, keyfile-timeout, x-systemd.device-timeout, _netdev"]
 
 
+def test_named_volumes_keep_their_crypttab_entries() -> None:
+    uuid = "0123abcd-0000-4000-8000-00000000000a"
+    listed, _ = luks.parse_crypttab(
+        f"vda5_crypt UUID={uuid} /etc/keys/root.key luks,discard\n"
+        "other UUID=0123abcd-0000-4000-8000-00000000000b none luks\n")
+    named, _, _ = luks.from_cmdline([f"rd.luks.uuid={uuid}", "rd.luks.options=tries=5"])
+    [volume] = luks.merge(named, listed, [f"rd.luks.uuid={uuid}"])
+    assert (volume.name, volume.key) == ("vda5_crypt", "/etc/keys/root.key")
+    assert volume.options == {"luks": "", "discard": "", "tries": "5"}
+    params = [f"rd.luks.name={uuid}=cryptroot"]
+    [renamed] = luks.merge(luks.from_cmdline(params)[0], listed, params)
+    assert renamed.name == "cryptroot" and renamed.key == "/etc/keys/root.key"
+    assert luks.merge([], listed, []) == listed
+
+
 def test_crypttab_as_debian_writes_it() -> None:
     volumes, errors = luks.parse_crypttab(
         "# <target name> <source device> <key file> <options>\n"
@@ -123,14 +138,18 @@ def test_lvm_names_from_root(path: str, expected: tuple[str, str] | None) -> Non
 
 def test_lvm_activates_what_is_named_or_everything() -> None:
     named = lvm.Wanted(["rd.lvm.lv=vg0/data", "rd.lvm.vg=other"],
-                       [RootSpec("path", "/dev/mapper/debian--vg-root"), None])
+                       RootSpec("path", "/dev/mapper/debian--vg-root"))
     assert not named.auto and named.errors == []
     assert named.targets("debian-vg", ["root", "swap_1"]) == ["debian-vg/root"]
     assert named.targets("other", ["x"]) == ["other"]
     assert named.targets("vg0", ["data"]) == ["vg0/data"]
     assert named.targets("unrelated", ["x"]) == []
-    everything = lvm.Wanted([], [RootSpec("uuid", "abc")])
+    everything = lvm.Wanted([], RootSpec("uuid", "abc"))
     assert everything.auto and everything.targets("unrelated", ["x"]) == ["unrelated"]
+    # A swap LV named by resume= does not turn the root's (root=UUID=) activation off.
+    with_resume = lvm.Wanted([], RootSpec("uuid", "abc"),
+                             RootSpec("path", "/dev/mapper/vg-swap_1"))
+    assert with_resume.auto and with_resume.targets("vg", ["root", "swap_1"]) == ["vg"]
     assert lvm.check_cmdline(["rd.lvm.lv=justvg"]) == ["rd.lvm.lv=justvg: expected VG/LV"]
     assert flag(["rd.lvm=0"], "rd.lvm") is False and flag([], "rd.lvm") is None
 

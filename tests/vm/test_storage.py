@@ -121,6 +121,18 @@ def storage_image(kernel7: Kernel, tmp_path_factory: pytest.TempPathFactory) -> 
     return image
 
 
+@pytest.fixture(scope="session")
+def storage_image61(kernel61: Kernel, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The same for Debian 12's 6.1 kernel (modules uncompressed, MS_MOVE hand-over)."""
+    tmp = tmp_path_factory.mktemp("storage-image-61")
+    key = tmp / "root.key"
+    key.write_bytes(KEY)
+    image = str(tmp / "initrd-storage.img")
+    harness.build_image(image, kernel61.moddir, kernel61.kver, DRIVERS[kernel61.name],
+                        extra=[*STORAGE, "--luks-key", f"{key}:{KEY_PATH}"], udev="none")
+    return image
+
+
 def boot(kernel: Kernel, image: str, disks: list[str], cmdline: str, tmp_path: Path,
          memory_mb: int = 512, name: str = "boot") -> harness.BootResult:
     result = harness.boot(kernel.vmlinuz, image, disks,
@@ -222,6 +234,23 @@ def test_hibernate_then_resume_through_lvm_on_luks(kernel7: Kernel, storage_imag
     assert not second.events("root_mounted")  # restored before anything was mounted
 
 
+def test_lvm_on_luks_and_a_degraded_raid1_on_the_6_1_kernel(
+        kernel61: Kernel, storage_image61: str, disks: dict[str, dict[str, str]],
+        tmp_path: Path) -> None:
+    """The two commonest stacks on Debian 12's own kernel, whose dm, md and crypto modules
+    the image loads uncompressed, handing over with MS_MOVE."""
+    result = boot(kernel61, storage_image61, copies(disks["debian-layout"], tmp_path, "d"),
+                  f"root=/dev/mapper/debian--vg-root rd.luks.uuid={LUKS_UUID} "
+                  f"rd.luks.key={KEY_PATH}", tmp_path, name="lvm-on-luks")
+    assert "TESTINIT done" in result.log, result.log[-3000:]
+    assert [e["target"] for e in result.events("lvm_activated")] == ["debian-vg/root"]
+    assert [e["method"] for e in result.events("switch_root")] == ["move"]
+    raid = boot(kernel61, storage_image61, copies(disks["raid1"], tmp_path, "a"),
+                f"root=UUID={ROOT_UUID} rd.timeout=15", tmp_path, name="raid1")
+    assert "TESTINIT done" in raid.log, raid.log[-3000:]
+    assert raid.events("md_degraded") and "[U_]" in "".join(raid.lines("MDSTAT"))
+
+
 def test_luks_on_lvm(kernel7: Kernel, storage_image: str, disks: dict[str, dict[str, str]],
                      tmp_path: Path) -> None:
     result = boot(kernel7, storage_image, copies(disks["luks-on-lvm"], tmp_path, "d"),
@@ -249,6 +278,7 @@ def test_raid1_with_a_disk_missing_boots_degraded(kernel7: Kernel, storage_image
     assert "TESTINIT done" in result.log, result.log[-3000:]
     degraded = result.events("md_degraded")
     assert degraded and degraded[0]["present"] == "/dev/vda" and degraded[0]["missing"] == "1"
+    assert degraded[0]["missing_slots"] == "1"  # the member that was /dev/vdb
     assert "[U_]" in "".join(result.lines("MDSTAT"))
 
 
