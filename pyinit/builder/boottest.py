@@ -39,13 +39,28 @@ class Outcome:
     log: str
 
 
+def host_root_options(cmdline: str = "/proc/cmdline") -> list[str]:
+    """rootfstype= and rootflags= from this machine's command line (a btrfs subvol=), which
+    the guest needs to mount this machine's root the same way."""
+    try:
+        with open(cmdline, encoding="utf-8", errors="replace") as fh:
+            words = fh.read().split()
+    except OSError:
+        return []
+    return [w for w in words if w.startswith(("rootfstype=", "rootflags="))]
+
+
 def root_device(root: str | None) -> tuple[str, str, str]:
     """(what qemu opens, the root= for it, the disk interface to show it on). Default: the
-    block device this machine's root filesystem is on, given to the guest as its disk."""
+    block device this machine's root filesystem is on, given to the guest as its disk, with
+    this machine's rootfstype= and rootflags=. (A root on dm or md is the already-opened
+    device: the test then shows the image can mount it, not that it assembles the stack.)"""
+    extra: list[str] = []
     if root is None:
         from pyinit.builder import hostonly
 
         root = hostonly.root_mount()[2]
+        extra = host_root_options()
     if not os.path.exists(root):
         raise BootTestError(f"--root {root}: expected a block device or disk image, found "
                             "none")
@@ -58,7 +73,7 @@ def root_device(root: str | None) -> tuple[str, str, str]:
     disk_if = "nvme" if name.startswith("nvme") else "sata" if name.startswith("sd") \
         else "virtio"
     default = {"nvme": "/dev/nvme0n1", "sata": "/dev/sda", "virtio": "/dev/vda"}[disk_if]
-    return root, f"root=UUID={uuid}" if uuid else f"root={default}", disk_if
+    return root, " ".join([f"root=UUID={uuid}" if uuid else f"root={default}", *extra]), disk_if
 
 
 def _printk(log: str, pattern: str) -> float | None:
@@ -86,7 +101,7 @@ def _run(argv: list[str], log: str, timeout: float,
          done: Callable[[str], bool]) -> tuple[str, bool]:
     """Run qemu until DONE(serial log) is true, it exits, or TIMEOUT; (log, finished)."""
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     text = ""
     try:

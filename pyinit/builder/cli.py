@@ -44,6 +44,7 @@ from pyinit.builder import (
     pyruntime,
 )
 from pyinit.builder.pipeline import BuildError, Config, Result, build
+from pyinit.modindex import INDEX_NAME
 
 T = TypeVar("T")
 
@@ -277,7 +278,9 @@ def run(argv: list[str]) -> int:
                 path, lambda data: extract.extract(data, directory, True)))
             say(f"{program}: ready for systemd-shutdown")
             return 0
-        if args.boot_test:
+        if args.boot_test is not None:
+            if not args.boot_test:
+                raise BuildError("--boot-test: expected IMAGE (or --update KVER --boot-test)")
             outcome = run_boot_test(args.boot_test, args.kernel, args.root)
             return 0 if outcome.passed else 1
         cfg = config_from(args)
@@ -331,7 +334,7 @@ def run_boot_test(image_path: str, kernel: str | None, root: str | None) -> boot
     """--boot-test: say what happened; the caller turns it into the exit status."""
     data = read_image(image_path)
     kvers = sorted({e.name.split("/")[-2] for _fmt, e in archive.entries(data)
-                    if e.name.endswith("/pyinit.index")})
+                    if e.name.endswith("/" + INDEX_NAME)})
     kernel = kernel or (os.path.join(distro.BOOT, f"vmlinuz-{kvers[0]}") if kvers else
                         os.path.join(distro.BOOT, f"vmlinuz-{os.uname().release}"))
     device, root_arg, disk_if = boottest.root_device(root)
@@ -347,3 +350,7 @@ def run_boot_test(image_path: str, kernel: str | None, root: str | None) -> boot
 def fail(message: str) -> int:
     print(f"mkinitramfs.py: error: {message}", file=sys.stderr)
     return 1
+
+
+if __name__ == "__main__":  # python3 -m pyinit.builder.cli, as the hooks may call it
+    sys.exit(main())

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyinit.builder import compress, hostfile
+from pyinit.storage import luks
 
 SYSTEM_FILE = "/etc/pyinit/mkinitramfs.toml"
 SYSTEM_DIR = "/etc/pyinit/mkinitramfs.d"
@@ -54,7 +55,7 @@ class Settings:
     udev_rules: list[str] = field(default_factory=list)
     storage: list[str] = field(default_factory=list)
     luks_keys: list[str] = field(default_factory=list)
-    crypttab: str = "/etc/crypttab"
+    crypttab: str = luks.CRYPTTAB
     cmdline: str = ""
     early_microcode: bool = True
     python: str | None = None

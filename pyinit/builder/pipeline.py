@@ -96,7 +96,7 @@ def build(cfg: Config) -> Result:
     img = kernel_image(runtime)
     missing = add_modules(img, cfg, tree, modules,
                           kernel_option(kconfig, "CONFIG_MODULE_DECOMPRESS")) if tree else []
-    add_storage(img, storage, tools)
+    add_storage(img, storage, tools, runtime.paths)
     add_fsck(img, cfg, tools)
     add_udev(img, tools, udev, storage, cfg.settings.udev_rules)
     add_defaults(img, cfg, storage)
@@ -470,7 +470,14 @@ def add_udev(img: image.Image, tools: Tools, udev: Udev, storage: stacks.Plan,
                 add_tool(img, tools, helper, helper, "udev")
     groups: set[str] = set()
     paths = [os.path.join(layout.UDEV_RULES_DIR, rule) for rule in dict.fromkeys(rules)]
+    # The dm and md stacks' rules and the configured ones must be there: without
+    # 95-dm-notify.rules cryptsetup and lvm wait for ever for udev's answer.
+    required = {os.path.join(layout.UDEV_RULES_DIR, rule) for rule in stacks.udev_rules(
+        storage) if not rule.startswith("64-btrfs")} | set(extra_rules)
     for path in [*paths, *extra_rules]:
+        if not os.path.exists(path) and path in required:
+            raise BuildError(f"udev: expected the rules file {path} on this host (the "
+                             "package of the stack that needs it), found none")
         if os.path.exists(path):
             img.add_host_file(path, part="udev")
             with open(path, encoding="utf-8", errors="replace") as fh:
@@ -521,9 +528,16 @@ def plan_storage(cfg: Config, tree: kmodules.ModuleTree | None) -> stacks.Plan:
     return plan
 
 
-def add_storage(img: image.Image, storage: stacks.Plan, tools: Tools) -> None:
+def add_storage(img: image.Image, storage: stacks.Plan, tools: Tools,
+                elsewhere: dict[str, list[str]]) -> None:
     """Each carried stack's tools (with their libraries, and those they dlopen), its
-    directories and its files."""
+    directories and its files (none of which may take a path the runtime part has:
+    ELSEWHERE)."""
+    for path in storage.files:
+        resolved = img.resolve(path)
+        if resolved in elsewhere or path in elsewhere:
+            raise BuildError(f"storage: {path} (a key file or configuration) would replace "
+                             f"the image's own {resolved}: choose another path")
     for tool in storage.tools:
         if not os.path.exists(tool):
             package = stacks.PACKAGES.get(os.path.basename(tool), "")
@@ -532,12 +546,12 @@ def add_storage(img: image.Image, storage: stacks.Plan, tools: Tools) -> None:
                              + ", found none")
         add_tool(img, tools, tool, tool, "storage")
     for soname in dict.fromkeys(lib for n in storage.needs for lib in n.libraries):
-        path = next((os.path.join(d, soname) for d in tools.resolver.system_dirs
-                     if os.path.exists(os.path.join(d, soname))), None)
-        if path is None:
+        library = next((os.path.join(d, soname) for d in tools.resolver.system_dirs
+                        if os.path.exists(os.path.join(d, soname))), None)
+        if library is None:
             raise BuildError(f"storage: expected {soname} in one of "
                              f"{', '.join(tools.resolver.system_dirs)}, found none")
-        add_elf_closure(img, tools, [path], "storage", skip=set())
+        add_elf_closure(img, tools, [library], "storage", skip=set())
     for directory in dict.fromkeys(d for n in storage.needs for d in n.dirs):
         img.add_dir(directory, 0o700, part="storage")
     for path, (data, mode) in sorted(storage.files.items()):

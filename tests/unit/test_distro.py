@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,7 +116,16 @@ def test_update_targets_and_remove(tmp_path: Path) -> None:
     (boot / "initrd.img-6.1.0-1").write_text("image")
     assert distro.remove("6.1.0-1", str(boot)) == str(boot / "initrd.img-6.1.0-1")
     assert distro.remove("6.1.0-1", str(boot)) is None
-    assert not distro.running_in_chroot()
     mountinfo = tmp_path / "mountinfo"
     mountinfo.write_text("40 30 0:5 / /dev rw - devtmpfs udev rw\n")  # no mount at /
     assert distro.running_in_chroot(str(mountinfo))
+
+
+def test_the_hooks_fallback_command_runs_the_builder(tmp_path: Path) -> None:
+    # Hooks written from a checkout without the console script call python3 -m ...cli.
+    (tmp_path / "initrd.img-6.9.0").write_text("image")
+    done = subprocess.run([sys.executable, "-m", "pyinit.builder.cli", "--remove", "6.9.0",
+                           "--boot-dir", str(tmp_path)], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{tmp_path}/initrd.img-6.9.0: removed\n"
