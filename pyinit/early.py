@@ -21,6 +21,9 @@ from typing import Any, NamedTuple
 from pyinit import cmdline, coldplug, kmod, syscalls
 
 COLLECT_TIMEOUT = 300.0  # module loads that hang the kernel for this long are a failure too
+KILL_WAIT = 5.0  # seconds a killed child may take to go (one stuck in the kernel does not)
+# Stages the person asked to stop before: nothing may load ahead of them.
+BREAKS_BEFORE_LOADING = ("cmdline", "modules")
 
 
 class Done(NamedTuple):
@@ -32,7 +35,12 @@ class Done(NamedTuple):
     error: str | None
 
 
-NOTHING = Done([], [], {}, None)
+def nothing() -> Done:
+    """No child ran (or its report was collected): the modules stage does all the loading.
+    A new value each time: the stage updates SEEN."""
+    return Done([], [], {}, None)
+
+
 _CHILD: list[tuple[int, int]] = []  # (pid, read end) of the running child
 
 
@@ -68,6 +76,10 @@ def reopen_console() -> None:
         os.close(console)
 
 
+class _Skipped(Exception):
+    """rd.break asks for the console before anything loads."""
+
+
 def _child(write_end: int) -> None:
     events: list[tuple[str, dict[str, Any]]] = []
     loader: kmod.Loader | None = None
@@ -75,17 +87,32 @@ def _child(write_end: int) -> None:
     error = None
     try:
         options = cmdline.read(())
+        if set(BREAKS_BEFORE_LOADING) & options.breaks:
+            events.append(("early_skipped", {"reason": "rd.break before the modules"}))
+            raise _Skipped
         loader = kmod.Loader(kmod.running_kernel_index(), options.blacklist,
                              on_event=lambda event, **fields: events.append((event, fields)))
         loader.load_all(options.driver_pre, reason="rd.driver.pre")
         coldplug.coldplug(loader, seen=seen)
+    except _Skipped:
+        pass
     except Exception as err:  # reported to the modules stage, which fails with it
-        error = getattr(err, "strerror", None) or str(err)
+        error = getattr(err, "strerror", None) or f"{type(err).__name__}: {err}"
     result = {"events": events, "loaded": loader.loaded_here if loader else [],
               "seen": seen, "error": error}
     data = json.dumps(result, default=str).encode()
     while data:
         data = data[os.write(write_end, data):]
+
+
+OFF = "pyinit.early=0"  # on the kernel command line: no early child (to compare boots)
+
+
+def wanted(proc_cmdline: str = "/proc/cmdline") -> bool:
+    """Whether the command line leaves the early start on (a plain word test: the parser
+    runs later, in the child or the init)."""
+    with open(proc_cmdline, "rb") as fh:
+        return OFF.encode() not in fh.read().split()
 
 
 def start() -> None:
@@ -94,9 +121,16 @@ def start() -> None:
     and the modules stage does all the loading."""
     try:
         mount_api()
+        if not wanted():
+            return
         read_end, write_end = os.pipe()
+    except Exception:
+        return
+    try:
         pid = os.fork()
     except OSError:
+        os.close(read_end)
+        os.close(write_end)
         return
     if pid == 0:
         try:
@@ -109,9 +143,9 @@ def start() -> None:
 
 
 def collect(timeout: float = COLLECT_TIMEOUT) -> Done:
-    """What the child did (NOTHING when none ran, or once collected)."""
+    """What the child did (nothing() when none ran, or once collected)."""
     if not _CHILD:
-        return NOTHING
+        return nothing()
     pid, read_end = _CHILD.pop()
     deadline = time.monotonic() + timeout
     chunks = []
@@ -120,21 +154,39 @@ def collect(timeout: float = COLLECT_TIMEOUT) -> Done:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([read_end], [], [], left)[0]:
                 os.kill(pid, signal.SIGKILL)
+                status = "" if _reap(pid, KILL_WAIT) else (
+                    f"; the child (pid {pid}) is still there {KILL_WAIT:g} s after SIGKILL, "
+                    "stuck in the kernel")
+                pid = 0
                 return Done([], [], {}, f"loading the coldplug modules took more than "
-                                        f"{timeout:g} s")
+                                        f"{timeout:g} s{status}")
             chunk = os.read(read_end, 65536)
             if not chunk:
                 break
             chunks.append(chunk)
     finally:
         os.close(read_end)
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass  # reaped already
+        if pid:
+            _reap(pid, KILL_WAIT)
+    if not chunks:
+        return Done([], [], {}, "the coldplug child ended without a report (it crashed)")
     try:
         result = json.loads(b"".join(chunks))
         return Done([(e, f) for e, f in result["events"]], result["loaded"], result["seen"],
                     result["error"])
     except (ValueError, KeyError, TypeError) as err:
         return Done([], [], {}, f"the coldplug child's report is unreadable: {err}")
+
+
+def _reap(pid: int, timeout: float) -> bool:
+    """Wait up to TIMEOUT for PID to end; whether it did (or was reaped already)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)

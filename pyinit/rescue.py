@@ -61,7 +61,9 @@ def release_root() -> None:
 
 def power(action: str) -> NoReturn:
     """End every child, release the real root, sync, then reboot/power off/halt."""
-    pid1.end_children(grace=1.0)
+    _ended, stuck = pid1.end_children(grace=1.0)
+    if stuck:
+        _console(f"pyinit: {len(stuck)} process(es) did not end: {', '.join(stuck)}\n")
     release_root()
     os.sync()
     log.get().info("power", action=action)

@@ -27,8 +27,8 @@ def _warn(event: str, **fields: object) -> None:
 def load_modules(options: Options, previous: Hotplug | None) -> Hotplug:
     """rd.driver.pre first, then coldplug: every existing device's MODALIAS. The early
     child (pyinit.early) did most of it while the init imported; what it did is logged
-    here, and the pass below only loads for devices that came since. A retried stage
-    first closes what the failed try started (its listener, its udevd)."""
+    here, and the pass below only loads for devices that came since. A try that fails
+    closes what it started (its listener, its udevd), so a retried stage starts clean."""
     if previous is not None:
         previous.close()
     done = early.collect()
@@ -45,10 +45,19 @@ def load_modules(options: Options, previous: Hotplug | None) -> Hotplug:
         udev = udevd_.Udevd.start()
         _emit("udevd_started", pid=udev.process.pid,
               duration=round(time.monotonic() - started, 3))
-    hotplug = Hotplug(loader, udev)
-    devices, with_alias = hotplug.coldplug(done.seen)
-    if udev is not None:
-        udev.trigger()
+    try:
+        hotplug = Hotplug(loader, udev)
+    except BaseException:
+        if udev is not None:
+            udev.stop()
+        raise
+    try:
+        devices, with_alias = hotplug.coldplug(done.seen)
+        if udev is not None:
+            udev.trigger()
+    except BaseException:
+        hotplug.close()
+        raise
     _emit("coldplug", devices=devices, modaliases=with_alias, index=len(loader.index.paths),
           loaded=",".join(sorted(loader.loaded_here)) or "none")
     return hotplug
@@ -146,4 +155,7 @@ def exec_init(options: Options, started: tuple[int, int]) -> None:
     try:
         execinit.exec_init(options.init, options.init_args, os.environ, started)
     finally:
-        log.unthrottle_kmsg()  # still ours: the failure path logs
+        # Still ours: the failure path logs, and Ctrl-Alt-Del must again release the real
+        # root read-only before rebooting (hand_back gave it to the kernel).
+        log.unthrottle_kmsg()
+        pid1.take_over(rescue.ctrl_alt_del)
