@@ -36,7 +36,8 @@ class Discovery:
     def __init__(self, spec: RootSpec, hotplug: Hotplug, timeout: float,
                  wait_forever: bool = False, emit: Callable[..., None] | None = None,
                  handlers: Sequence[Handler] = (), resume: RootSpec | None = None,
-                 warn: Callable[..., None] | None = None) -> None:
+                 warn: Callable[..., None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.spec = spec
         self.hotplug = hotplug
         self.timeout = timeout
@@ -49,9 +50,10 @@ class Discovery:
         self.resume_device: BlockDevice | None = None
         self.devices: dict[str, BlockDevice] = {}
         self.offered: set[tuple[str, str, str]] = set()
+        self.clock = clock  # seconds, monotonic (a fake one in the tests)
 
     def run(self) -> BlockDevice:
-        start = time.monotonic()
+        start = self.clock()
         deadline = start + self.timeout
         degrade_at = start + self.timeout * 2 / 3 if self.handlers else float("inf")
         next_report = start + REPORT_EVERY
@@ -59,7 +61,7 @@ class Discovery:
         self._scan()
         found = self._match()
         while True:
-            now = time.monotonic()
+            now = self.clock()
             if found is not None:
                 found = self._confirm()
             if found is not None:

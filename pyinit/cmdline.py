@@ -310,3 +310,12 @@ def read(init_args: tuple[str, ...]) -> Options:
     except FileNotFoundError:
         defaults = Options()
     return amend(defaults, join(list(options.params), []), init_args)
+
+
+def storage_stack(key: str) -> str | None:
+    """The storage stack whose command-line key KEY is (rd.lvm.vg -> lvm), None for other
+    keys (pyinit.layout.STORAGE_KEYS: checked even where no stack is carried)."""
+    for name, prefixes in layout.STORAGE_KEYS.items():
+        if any(key == p or key.startswith(p + ".") for p in prefixes):
+            return name
+    return None

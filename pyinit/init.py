@@ -17,8 +17,6 @@ T = TypeVar("T")
 SYSROOT = layout.SYSROOT
 
 
-
-
 class Boot:
     """Runs each stage once, timed and logged; a failed stage goes through the failure path
     and is tried again when the person at the console leaves it."""
@@ -51,7 +49,8 @@ class Boot:
         from pyinit import stages
 
         stacks = stages.storage_stacks()
-        if stacks:  # the storage keys decide what boots too
+        named = any(cmdline.storage_stack(p.partition("=")[0]) for p in self.options.params)
+        if stacks or named:  # the storage keys decide what boots too
             from pyinit import storage
 
             errors += storage.cmdline_errors(self.options, stacks)

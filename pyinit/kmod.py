@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterable
 
 from pyinit import layout, syscalls
-from pyinit.modindex import ModuleIndex, kernels_in_image
+from pyinit.modindex import ModuleIndex, kernels_in_image, loaded_modules
 
 
 class ModuleError(OSError):
@@ -26,14 +26,6 @@ def running_kernel_index() -> ModuleIndex:
                               f"kernel is {kver}: rebuild it with --kver {kver} or boot "
                               "the kernel it was built for")
     return index
-
-
-def loaded_modules(proc_modules: str = "/proc/modules") -> set[str]:
-    try:
-        with open(proc_modules, encoding="utf-8") as fh:
-            return {line.split(" ", 1)[0] for line in fh if line.strip()}
-    except FileNotFoundError:
-        return set()
 
 
 def _decompress(path: str) -> bytes:

@@ -28,3 +28,7 @@ UDEV_RULES_DIR = "/lib/udev/rules.d"
 UDEV_MODE_FILE = "/etc/pyinit/udev"
 UDEV_MODES = ("always", "storage")
 STORAGE_FILE = "/etc/pyinit/storage"  # the storage stacks the image carries, one a line
+# Each storage stack's command-line keys (KEY, KEY=..., KEY.SUB=...): the init checks them
+# even in an image that carries no stack, without importing pyinit.storage for a plain root.
+STORAGE_KEYS = {"luks": ("rd.luks", "luks"), "lvm": ("rd.lvm",), "mdraid": ("rd.md",),
+                "btrfs": ()}

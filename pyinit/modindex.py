@@ -119,3 +119,13 @@ def kernels_in_image(root: str = layout.MODULES_DIR) -> list[str]:
     except OSError:
         return []
     return [n for n in names if os.path.exists(os.path.join(root, n, INDEX_NAME))]
+
+
+def loaded_modules(proc_modules: str = "/proc/modules") -> set[str]:
+    """The modules the running kernel has loaded (the init's loader, the builder's
+    host-only choice of device-mapper targets)."""
+    try:
+        with open(proc_modules, encoding="utf-8") as fh:
+            return {line.split(" ", 1)[0] for line in fh if line.strip()}
+    except FileNotFoundError:
+        return set()

@@ -33,13 +33,17 @@ def check_level(fmt: str, level: int | None) -> None:
         raise CompressError(f"--compress-level {level}: expected {low} to {high} for {fmt}")
 
 
-def compress(data: bytes, fmt: str, level: int | None = None) -> bytes:
+def compress(data: bytes, fmt: str, level: int | None = None, *,
+             long_distance: bool = False) -> bytes:
+    """DATA compressed as the kernel unpacks FMT. LONG_DISTANCE (zstd): long-distance
+    matching, for a part compressed once and cached (the runtime's ELF files and zip)."""
     if fmt == "zstd":
         import zstandard
 
         params = zstandard.ZstdCompressionParameters.from_level(
-            level if level is not None else 9, threads=-1, write_checksum=True,
-            write_content_size=True,
+            level if level is not None else 9, threads=0 if long_distance else -1,
+            write_checksum=True,
+            write_content_size=True, enable_ldm=long_distance,
         )
         return bytes(zstandard.ZstdCompressor(compression_params=params).compress(data))
     if fmt == "gzip":

@@ -7,7 +7,9 @@ pyinit.storage (whose modules hold each stack's needs and configuration formats)
   btrfs root), with the host's crypttab entries they need (and those marked ``initramfs``
   or ``x-initrd.attach``), its mdadm.conf, and command-line defaults naming the volumes
   (``rd.lvm.lv=``, ``resume=`` from initramfs-tools' RESUME).
-- A generic image (``--no-hostonly``) carries all four.
+- A generic image (``--no-hostonly``) carries all four. Any image that is not host-only
+  carries every crypttab entry that is not ``noauto`` and that it can unlock (see
+  crypttab_entries).
 """
 
 from __future__ import annotations
@@ -150,13 +152,24 @@ def devnum_of(spec: str) -> tuple[int, int] | None:
     return os.major(st.st_rdev), os.minor(st.st_rdev)
 
 
-def crypttab_entries(text: str, host: HostStack, path: str) -> str:
-    """The crypttab lines the image needs: the host stack's volumes, and those marked for
-    the initramfs."""
-    keep = []
+def crypttab_entries(text: str, host: HostStack, path: str, generic: bool = False,
+                     carried: frozenset[str] = frozenset()) -> tuple[str, list[str]]:
+    """The crypttab lines the image needs, and one line for each entry left out.
+
+    Needed, always: the host stack's volumes (host-only), and those marked ``initramfs`` or
+    ``x-initrd.attach``; these must be usable, or the build is refused (check_carried
+    refuses their key files and headers that are not carried). GENERIC (an image that is
+    not host-only, which cannot tell the root's entry from the others) adds every other
+    entry that is not ``noauto``, as the installer writes them (Debian: ``sda5_crypt
+    UUID=... none luks,discard``, nothing marked). Of those, an entry whose key file or
+    detached header is not in the image (CARRIED), or that is no LUKS volume (plain swap
+    with a random key), is left out rather than refused: the image could not unlock it,
+    and a generic build must not fail on a data volume whose key sits on the root, which
+    the real root's systemd-cryptsetup opens after the hand-over."""
+    keep, left_out = [], []
     names = {name for _, name in host.luks}
     uuids = {uuid for uuid, _ in host.luks}
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
         fields = line.split("#", 1)[0].split()
         if len(fields) < 2:
             continue
@@ -166,10 +179,29 @@ def crypttab_entries(text: str, host: HostStack, path: str) -> str:
         if fields[0] in names or uuid in uuids or "initramfs" in options \
                 or "x-initrd.attach" in options:
             keep.append(line.strip())
+        elif generic and "noauto" not in options:
+            problem = _unusable(line, number, path, carried)
+            if problem:
+                left_out.append(f"crypttab entry {fields[0]} left out: {problem}")
+            else:
+                keep.append(line.strip())
     errors = luks.parse_crypttab("\n".join(keep), path)[1]
     if errors:
         raise StackError("; ".join(errors))
-    return "".join(line + "\n" for line in keep)
+    return "".join(line + "\n" for line in keep), left_out
+
+
+def _unusable(line: str, number: int, path: str, carried: frozenset[str]) -> str:
+    """Why the image could not unlock the crypttab entry LINE; "" when it could."""
+    volumes, errors = luks.parse_crypttab("\n" * (number - 1) + line, path)
+    if errors:
+        return errors[0]
+    volume = volumes[0]
+    for file, what in ((volume.key, "key file"), (volume.options.get("header"), "header")):
+        if file and file not in carried:
+            return (f"its {what} {file} is not in the image (add --luks-key {file} to "
+                    "unlock it in the initramfs)")
+    return ""
 
 
 def check_carried(entries: str, carried: set[str], path: str) -> None:
@@ -214,7 +246,7 @@ def plan(asked: list[str], hostonly: bool, generic: list[str], luks_keys: list[s
     result = Plan(ordered, reasons, needs=[stack_module(s).NEEDS for s in ordered])
     if not ordered:
         return result
-    result.files[layout.STORAGE_FILE] = ("\n".join(ordered).encode() + b"\n", 0o644)
+    _add(result, layout.STORAGE_FILE, "\n".join(ordered).encode() + b"\n", 0o644)
     if "luks" in ordered:
         for key in luks_keys:
             src, _, dest = key.partition(":")
@@ -224,12 +256,14 @@ def plan(asked: list[str], hostonly: bool, generic: list[str], luks_keys: list[s
             if dest and not dest.startswith("/"):
                 raise StackError(f"--luks-key {key}: expected SRC or SRC:/PATH in the image")
             with open(src, "rb") as fh:
-                result.files[dest or src] = (fh.read(), 0o400)
+                _add(result, dest or src, fh.read(), 0o400, f"--luks-key {key}")
         wanted = ""
         if os.path.isfile(crypttab):
             with open(crypttab, encoding="utf-8") as fh:
-                wanted = crypttab_entries(fh.read(), host if hostonly else HostStack(),
-                                          crypttab)
+                wanted, left_out = crypttab_entries(
+                    fh.read(), host if hostonly else HostStack(), crypttab,
+                    generic=not hostonly, carried=frozenset(result.files))
+            result.reasons += left_out
         # A LUKS volume under the root that crypttab does not name gets an entry of its
         # own (its mapping name as on the host; the passphrase asked for).
         for uuid, name in host.luks if hostonly else []:
@@ -237,17 +271,31 @@ def plan(asked: list[str], hostonly: bool, generic: list[str], luks_keys: list[s
                 wanted += f"{name} UUID={uuid} none luks\n"
         check_carried(wanted, set(result.files), crypttab)
         if wanted:
-            result.files[luks.CRYPTTAB] = (wanted.encode(), 0o600)
+            _add(result, luks.CRYPTTAB, wanted.encode(), 0o600)
     if "lvm" in ordered:
-        result.files[lvm.LVM_CONF] = (lvm.LVM_CONF_TEXT.encode(), 0o644)
+        _add(result, lvm.LVM_CONF, lvm.LVM_CONF_TEXT.encode(), 0o644)
         if hostonly:
             result.cmdline += [f"rd.lvm.lv={vg}/{lv}" for vg, lv in host.lvs]
     if "mdraid" in ordered and os.path.isfile(mdadm_conf):
         with open(mdadm_conf, encoding="utf-8", errors="replace") as fh:
             text = fh.read()
         if any(line.split()[:1] == ["ARRAY"] for line in text.splitlines()):
-            result.files[mdraid.MDADM_CONF] = (text.encode(), 0o644)
+            _add(result, mdraid.MDADM_CONF, text.encode(), 0o644)
     return result
+
+
+# Files outside the plan that the builder writes where a key file could be put.
+BUILDER_FILES = (layout.UDEV_MODE_FILE, layout.DEFAULT_CMDLINE, layout.SHUTDOWN, "/init")
+
+
+def _add(result: Plan, path: str, data: bytes, mode: int, key: str = "") -> None:
+    """One of the stacks' files. A key file (--luks-key KEY) may not take a path another
+    file of the image has; the configuration written after the keys meets them here."""
+    if path in result.files or (key and path in BUILDER_FILES):
+        what = f"--luks-key {key}" if key else f"--luks-key ...:{path}"
+        raise StackError(f"{what}: expected a path of its own in the image, found {path}, "
+                         "which the image's own configuration uses: choose another")
+    result.files[path] = (data, mode)
 
 
 def host_stack(root: tuple[int, int], root_fstype: str, sys: str = "/sys") -> tuple[

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from pyinit import command, layout, udevd
+from pyinit import cmdline, command, layout, udevd
 
 if TYPE_CHECKING:
     from pyinit.blockdev import BlockDevice
@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from pyinit.kmod import Loader
 
 STACKS = ("luks", "lvm", "mdraid", "btrfs")
+# Each stack's command-line keys (KEY itself and KEY.anything) are pyinit.layout.STORAGE_KEYS,
+# read by pyinit.cmdline.storage_stack: a key given to an image without its stack is named
+# without importing that stack. Their names in messages:
+TITLES = {"luks": "LUKS", "lvm": "LVM", "mdraid": "mdraid", "btrfs": "btrfs"}
+TRUE = ("1", "yes", "true", "on", "y")
+FALSE = ("0", "no", "false", "off", "n")  # what flag() reads as off
 # /shutdown in images with dm or md stacks: systemd-shutdown runs it from /run/initramfs.
 SHUTDOWN_SCRIPT = f"""#!/usr/bin/python3 -IS
 # pyinit's shutdown program (pyinit/shutdown.py): takes down the root's storage stack.
@@ -53,6 +59,9 @@ class Needs(NamedTuple):
     libraries: tuple[str, ...] = ()  # sonames a program opens with dlopen (no DT_NEEDED)
     modules: tuple[str, ...] = ()  # kernel modules (names or aliases) it always needs
     optional_modules: tuple[str, ...] = ()  # taken where the kernel has them as modules
+    # Of those, the ones a host-only image takes only when the host has them loaded (the
+    # device-mapper targets of segment types this host's volumes use).
+    in_use_modules: tuple[str, ...] = ()
     udev_rules: tuple[str, ...] = ()  # host rules, carried when the image carries udevd
     python: tuple[str, ...] = ()  # the init's modules it imports (for the image's probe)
     dirs: tuple[str, ...] = ()  # directories its tools expect
@@ -149,9 +158,28 @@ class StackModule(Protocol):
     def handler(self, env: Env) -> Handler: ...
 
 
+key_stack = cmdline.storage_stack
+
+
+def uncarried_errors(params: Sequence[str], stacks: Sequence[str]) -> list[str]:
+    """Storage keys for stacks the image does not carry: they would be ignored, so the boot
+    would not do what they ask. Turning a stack off (rd.luks=0, rd.md=0) asks for nothing
+    and is no error."""
+    errors = []
+    for param in params:
+        key, sep, value = param.partition("=")
+        name = key_stack(key)
+        if name is None or name in stacks or (sep and value in FALSE):
+            continue
+        errors.append(f"{param}: this image carries no {TITLES[name]} support (rebuild with "
+                      f"--storage {name})")
+    return errors
+
+
 def cmdline_errors(options: Options, stacks: Sequence[str]) -> list[str]:
-    """Bad values of the carried stacks' command-line keys (they decide what boots)."""
-    errors: list[str] = []
+    """Bad values of the storage command-line keys (they decide what boots): those of the
+    carried STACKS as each stack checks them, and any key of a stack the image lacks."""
+    errors = uncarried_errors(options.params, stacks)
     for name in stacks:
         errors += stack_module(name).check_cmdline(options.params)
     return errors
@@ -182,8 +210,18 @@ def flag(params: Sequence[str], *keys: str) -> bool | None:
     for param in params:
         key, sep, value = param.partition("=")
         if key in keys:
-            result = not sep or value not in ("0", "no", "false", "off", "n")
+            result = not sep or value not in FALSE
     return result
+
+
+def flag_errors(params: Sequence[str], *keys: str) -> list[str]:
+    """Values of the boolean KEYS that are neither on nor off (rd.lvm=maybe)."""
+    errors = []
+    for param in params:
+        key, sep, value = param.partition("=")
+        if key in keys and sep and value not in (*TRUE, *FALSE):
+            errors.append(f"{param}: expected 0 or 1")
+    return errors
 
 
 def mem_available_kib(meminfo: str = "/proc/meminfo") -> int:

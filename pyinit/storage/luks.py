@@ -4,7 +4,8 @@ Which devices: those named on the command line in systemd's grammar (``rd.luks.u
 ``rd.luks.name=UUID=NAME``, ``rd.luks.options=[UUID=]OPTS``, ``rd.luks.key=[UUID=]PATH``,
 ``rd.luks=0``, ``rd.luks.crypttab=0`` and the ``luks.*`` forms), else the image's
 /etc/crypttab (a host-only image carries the entries its root and resume devices need, and
-those marked ``initramfs`` or ``x-initrd.attach``), else, with ``rd.auto``, every one found.
+those marked ``initramfs`` or ``x-initrd.attach``; any other image every entry that is not
+``noauto`` and that it can unlock), else, with ``rd.auto``, every one found.
 
 How: the cryptsetup program, not libcryptsetup through cffi. Both need the same libraries
 (libcryptsetup with OpenSSL, argon2 and json-c), but a child process keeps a key
@@ -28,7 +29,16 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from pyinit import command
 from pyinit.rootspec import RootSpec, RootSpecError, parse_root
-from pyinit.storage import Env, Needs, StorageError, auto, flag, mem_available_kib, run_dir
+from pyinit.storage import (
+    Env,
+    Needs,
+    StorageError,
+    auto,
+    flag,
+    flag_errors,
+    mem_available_kib,
+    run_dir,
+)
 from pyinit.storage import values as cmdline_values
 
 if TYPE_CHECKING:
@@ -141,6 +151,13 @@ def _uuid(value: str) -> str:
     return value.removeprefix("luks-").lower()
 
 
+def is_uuid(value: str) -> bool:
+    """8-4-4-4-12 hex digits, the form blkid gives a LUKS header's UUID."""
+    parts = value.split("-")
+    return [len(p) for p in parts] == [8, 4, 4, 4, 12] and \
+        all(c in "0123456789abcdef" for c in "".join(parts).lower())
+
+
 def _split_options(text: str) -> dict[str, str]:
     options = {}
     for item in text.split(","):
@@ -160,8 +177,17 @@ def _uuid_prefixed(value: str) -> tuple[str | None, str]:
 
 def from_cmdline(params: Sequence[str]) -> tuple[list[Volume], list[str], dict[str, bool]]:
     """Volumes named on the command line, errors, and the settings (enabled, crypttab)."""
-    errors: list[str] = []
-    uuids = [_uuid(v) for v in cmdline_values(params, "rd.luks.uuid", "luks.uuid")]
+    errors = flag_errors(params, "rd.luks", "luks", "rd.luks.crypttab", "luks.crypttab")
+    uuids = []
+    for param in params:
+        key, sep, value = param.partition("=")
+        if not sep or key not in ("rd.luks.uuid", "luks.uuid"):
+            continue
+        if is_uuid(_uuid(value)):
+            uuids.append(_uuid(value))
+        else:
+            errors.append(f"{param}: expected a UUID (8-4-4-4-12 hex digits, with or without "
+                          "the luks- prefix)")
     names: dict[str, str] = {}
     for value in cmdline_values(params, "rd.luks.name", "luks.name"):
         uuid, name = _uuid_prefixed(value)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from pyinit import command
 from pyinit.rootspec import RootSpec
-from pyinit.storage import Env, Needs, StorageError, auto, flag
+from pyinit.storage import Env, Needs, StorageError, auto, flag, flag_errors
 from pyinit.storage import values as cmdline_values
 
 if TYPE_CHECKING:
@@ -54,23 +54,39 @@ log {
     syslog = 0
 }
 """
+# Segment types and the kernel modules they need beside dm_mod: the device-mapper target,
+# and what the kernel would otherwise ask a /sbin/modprobe for (dm_raid's md personality,
+# dm_cache's default policy). Layout variants (raid5_ls, raid6_zr, raid10_near, raid0_meta)
+# go by the part before the underscore, see target_modules.
+TARGETS = {"thin": ("dm_thin_pool",), "thin-pool": ("dm_thin_pool",),
+           "raid0": ("dm_raid", "raid0"), "raid1": ("dm_raid", "raid1"),
+           "raid4": ("dm_raid", "raid456"), "raid5": ("dm_raid", "raid456"),
+           "raid6": ("dm_raid", "raid456"), "raid10": ("dm_raid", "raid10"),
+           "mirror": ("dm_mirror",), "snapshot": ("dm_snapshot",),
+           "cache": ("dm_cache", "dm_cache_smq"), "cache-pool": ("dm_cache", "dm_cache_smq"),
+           "writecache": ("dm_writecache",), "integrity": ("dm_integrity",),
+           "vdo": ("dm_vdo",), "vdo-pool": ("dm_vdo",)}
+TARGET_MODULES = tuple(dict.fromkeys(m for mods in TARGETS.values() for m in mods))
 NEEDS = Needs(
     tools=(LVM,),
     modules=("dm_mod",),
-    optional_modules=(),  # targets are loaded by segment type, see TARGETS
+    # Every module a segment type may load at boot (TARGETS), where the kernel has it as a
+    # module: a generic image sees the volumes only at boot; a host-only one takes those
+    # this host has loaded (the segment types its volumes use).
+    optional_modules=TARGET_MODULES,
+    in_use_modules=TARGET_MODULES,
     udev_rules=("55-dm.rules", "56-lvm.rules", "60-persistent-storage-dm.rules",
                 "95-dm-notify.rules"),
     python=("pyinit.storage.lvm", "pyinit.shutdown"),
     dirs=(RUN,),
 )
-# Segment types and the device-mapper target modules they need.
-TARGETS = {"thin": ("dm_thin_pool",), "thin-pool": ("dm_thin_pool",), "raid1": ("dm_raid",),
-           "raid4": ("dm_raid",), "raid5": ("dm_raid",), "raid6": ("dm_raid",),
-           "raid10": ("dm_raid",), "mirror": ("dm_mirror",), "snapshot": ("dm_snapshot",),
-           "cache": ("dm_cache",), "cache-pool": ("dm_cache",), "writecache": ("dm_writecache",),
-           "integrity": ("dm_integrity",), "vdo": ("dm_vdo",)}
 NOT_VG_DIRS = ("mapper", "disk", "md", "block", "char", "bus", "input", "net", "pts", "shm",
                "snd", "dri", "cpu", "fd", "vfio")
+
+
+def target_modules(segtype: str) -> tuple[str, ...]:
+    """The modules an LV of SEGTYPE (as lvs reports it) needs beside dm_mod."""
+    return TARGETS.get(segtype) or TARGETS.get(segtype.partition("_")[0], ())
 
 
 def split_mapper_name(name: str) -> tuple[str, str] | None:
@@ -94,28 +110,50 @@ def volume_of(spec: RootSpec | None) -> tuple[str, str] | None:
     return None
 
 
+def is_name(name: str) -> bool:
+    """A volume group or logical volume name as lvm accepts it: letters, digits and +_.-,
+    not starting with a hyphen, not . or .."""
+    return bool(name) and not name.startswith("-") and name not in (".", "..") and \
+        all(c.isascii() and (c.isalnum() or c in "+_.-") for c in name)
+
+
 class Wanted:
     """What the command line asks for: rd.lvm.lv=/rd.lvm.vg=, and the volumes root= and
     resume= name by path. Without rd.lvm.* and without a root named by path (root=UUID=),
-    or with rd.auto, every complete volume group (auto)."""
+    or with rd.auto, every complete volume group (auto).
+
+    A resume= that names no volume by path (resume=UUID=, /dev/disk/by-uuid/..., MAJ:MIN)
+    with the root named by path widens the activation to the root's whole volume group:
+    the swap volume is nearly always there (Debian's installer: VG-root and VG-swap_1), and
+    it is found only once it is active. rd.lvm.vg= and rd.lvm.lv= are explicit choices:
+    with either given, nothing is widened."""
 
     def __init__(self, params: Sequence[str], root: RootSpec | None,
                  resume: RootSpec | None = None) -> None:
-        self.errors: list[str] = []
+        self.errors: list[str] = flag_errors(params, "rd.lvm")
         self.enabled = flag(params, "rd.lvm") is not False
-        self.vgs = set(cmdline_values(params, "rd.lvm.vg"))
+        self.vgs: set[str] = set()
+        for value in cmdline_values(params, "rd.lvm.vg"):
+            if is_name(value):
+                self.vgs.add(value)
+            else:
+                self.errors.append(f"rd.lvm.vg={value}: expected a volume group name "
+                                   "(letters, digits and +_.-)")
         self.lvs: set[tuple[str, str]] = set()
         for value in cmdline_values(params, "rd.lvm.lv"):
             vg, sep, lv = value.partition("/")
-            if not sep or not vg or not lv or "/" in lv:
+            if not sep or not is_name(vg) or not is_name(lv):
                 self.errors.append(f"rd.lvm.lv={value}: expected VG/LV")
             else:
                 self.lvs.add((vg, lv))
         explicit = bool(self.vgs or self.lvs)
         by_root = volume_of(root)
-        for named in (by_root, volume_of(resume)):
+        by_resume = volume_of(resume)
+        for named in (by_root, by_resume):
             if named:
                 self.lvs.add(named)
+        if by_root and resume is not None and by_resume is None and not explicit:
+            self.vgs.add(by_root[0])
         self.auto = auto(params) or not (explicit or by_root)
 
     def targets(self, vg: str, lvs: Sequence[str]) -> list[str]:
@@ -168,7 +206,7 @@ class Lvm:
             group.missing = int(fields[3]) if fields[3].isdigit() else 0
             if fields[1] and not fields[1].startswith("["):  # hidden sub-volumes: [x_tdata]
                 group.lvs[fields[1]] = fields[2]
-            for module in TARGETS.get(fields[2], ()):
+            for module in target_modules(fields[2]):
                 self.env.load_modules(Needs(modules=(module,)), f"LVM {fields[2]} volumes")
         if done.status != 0 and not groups:
             raise StorageError(f"lvm lvs {command.describe_status(done.status)}: "

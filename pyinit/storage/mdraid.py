@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pyinit import command
-from pyinit.storage import Env, Needs, StorageError, flag, run_dir
+from pyinit.storage import Env, Needs, StorageError, flag, flag_errors, run_dir
 from pyinit.storage import values as cmdline_values
 
 if TYPE_CHECKING:
@@ -40,8 +40,9 @@ def norm_uuid(value: str) -> str:
 
 
 def check_cmdline(params: Sequence[str]) -> list[str]:
-    return [f"rd.md.uuid={v}: expected the array's UUID (32 hex digits)"
-            for v in cmdline_values(params, "rd.md.uuid") if len(norm_uuid(v)) != 32]
+    return flag_errors(params, "rd.md") + [
+        f"rd.md.uuid={v}: expected the array's UUID (32 hex digits)"
+        for v in cmdline_values(params, "rd.md.uuid") if len(norm_uuid(v)) != 32]
 
 
 class Array:

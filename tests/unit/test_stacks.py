@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pyinit import layout
-from pyinit.builder import stacks
+from pyinit.builder import config, kmodules, pipeline, stacks
 from pyinit.storage import STACKS, lvm
 
 LUKS_HEX = "0123abcd00004000800000000000000a"
@@ -153,3 +153,102 @@ def test_mdadm_conf_only_with_arrays_and_resume_from_initramfs_tools(tmp_path: P
     assert stacks.resume_setting(str(resume)) == "UUID=0a1b-2c3d"
     resume.write_text("RESUME=none\n")
     assert stacks.resume_setting(str(resume)) is None
+
+
+DEBIAN_UUID = "5b6f3c2a-9d1e-4f7a-b0c8-2e4d6a8f1b3c"
+
+
+def test_a_generic_image_carries_debians_crypttab_entry(tmp_path: Path) -> None:
+    crypttab = tmp_path / "crypttab"
+    crypttab.write_text(f"sda5_crypt UUID={DEBIAN_UUID} none luks,discard\n")  # the installer's
+    for generic in ([*STACKS], []):  # a generic image, and --storage luks without host-only
+        plan = stacks.plan(["luks"], hostonly=False, generic=generic, luks_keys=[],
+                           crypttab=str(crypttab), mdadm_conf=str(tmp_path / "none"))
+        assert plan.files["/etc/crypttab"] == (
+            f"sda5_crypt UUID={DEBIAN_UUID} none luks,discard\n".encode(), 0o600)
+
+
+def test_a_generic_image_leaves_out_what_it_cannot_unlock(tmp_path: Path) -> None:
+    crypttab = tmp_path / "crypttab"
+    crypttab.write_text(
+        "# <target name> <source device> <key file> <options>\n"
+        f"sda5_crypt UUID={DEBIAN_UUID} none luks,discard\n"
+        "backup /dev/sdc1 none luks,noauto\n"
+        "home UUID=11111111-2222-4333-8444-555555555555 /etc/keys/home.key luks\n"
+        "cryptswap /dev/sdb2 /dev/urandom swap,plain\n"
+        "data UUID=22222222-2222-4333-8444-555555555555 /etc/keys/data.key luks\n")
+    key = tmp_path / "data.key"
+    key.write_bytes(b"k")
+    plan = stacks.plan([], hostonly=False, generic=list(STACKS),
+                       luks_keys=[f"{key}:/etc/keys/data.key"], crypttab=str(crypttab),
+                       mdadm_conf=str(tmp_path / "none"))
+    assert plan.files["/etc/crypttab"][0].decode() == (
+        f"sda5_crypt UUID={DEBIAN_UUID} none luks,discard\n"
+        "data UUID=22222222-2222-4333-8444-555555555555 /etc/keys/data.key luks\n")
+    assert plan.reasons[1:] == [
+        "crypttab entry home left out: its key file /etc/keys/home.key is not in the image "
+        "(add --luks-key /etc/keys/home.key to unlock it in the initramfs)",
+        f"crypttab entry cryptswap left out: {crypttab} line 5: cryptswap: only LUKS "
+        "volumes are supported"]
+    # A host-only image still carries only what its stack needs.
+    host = stacks.HostStack({"luks"}, [(DEBIAN_UUID, "sda5_crypt")])
+    hostonly = stacks.plan([], hostonly=True, generic=[], luks_keys=[], crypttab=str(crypttab),
+                           mdadm_conf=str(tmp_path / "none"), host=host)
+    assert hostonly.files["/etc/crypttab"][0].decode() == (
+        f"sda5_crypt UUID={DEBIAN_UUID} none luks,discard\n")
+
+
+def test_the_lvm_stack_carries_the_targets_its_volumes_load(tmp_path: Path) -> None:
+    """At the plan level, as the builder selects modules: every device-mapper target (and
+    md personality, cache policy) an LV's segment type loads at boot is carried where the
+    kernel has it as a module; what the kernel lacks is no error."""
+    plan = stacks.plan(["lvm"], hostonly=False, generic=[], luks_keys=[],
+                       crypttab=str(tmp_path / "none"), mdadm_conf=str(tmp_path / "none"))
+    has = ["dm_mod", "dm_thin_pool", "dm_persistent_data", "dm_raid", "raid456", "raid1",
+           "raid10", "raid0", "md_mod", "dm_mirror", "dm_log", "dm_snapshot", "dm_cache",
+           "dm_cache_smq", "dm_writecache", "dm_integrity", "virtio_blk"]
+    tree = kmodules.ModuleTree(str(tmp_path), paths={m: f"kernel/{m}.ko" for m in has},
+                               deps={"dm_thin_pool": ["dm_persistent_data", "dm_mod"],
+                                     "dm_raid": ["md_mod", "raid456", "dm_mod"],
+                                     "dm_mirror": ["dm_log", "dm_mod"]})
+    cfg = pipeline.Config("out", "6.1.0", str(tmp_path),
+                          config.Settings(add_drivers=["virtio_blk"]), hostonly=False,
+                          force=False, mtime=0)
+    selected = set(pipeline.select_modules(cfg, tree, plan))
+    assert selected == set(has)  # dm_vdo: not in this kernel, left out
+
+
+def test_a_host_only_lvm_image_carries_only_the_targets_in_use(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Host-only: of the segment types' targets, those this host has loaded (its volumes
+    use them); dm_mod itself always."""
+    from pyinit import modindex
+    from pyinit.builder import hostonly
+
+    plan = stacks.plan(["lvm"], hostonly=False, generic=[], luks_keys=[],
+                       crypttab=str(tmp_path / "none"), mdadm_conf=str(tmp_path / "none"))
+    has = ["dm_mod", "dm_thin_pool", "dm_raid", "raid1", "dm_snapshot", "virtio_blk"]
+    tree = kmodules.ModuleTree(str(tmp_path), paths={m: f"kernel/{m}.ko" for m in has},
+                               deps={})
+    proc = tmp_path / "modules"
+    proc.write_text("dm_thin_pool 86016 1 - Live 0x0\ndm_mod 184320 3 dm_thin_pool, Live 0x0\n")
+    real = modindex.loaded_modules
+    monkeypatch.setattr(modindex, "loaded_modules", lambda: real(str(proc)))
+    monkeypatch.setattr(hostonly, "hostonly_modules", lambda tree: ["virtio_blk"])
+    cfg = pipeline.Config("out", "6.1.0", str(tmp_path), config.Settings(), hostonly=True,
+                          force=False, mtime=0)
+    assert set(pipeline.select_modules(cfg, tree, plan)) == {"dm_mod", "dm_thin_pool",
+                                                            "virtio_blk"}
+
+
+@pytest.mark.parametrize("dest", ["/etc/pyinit/storage", "/etc/crypttab", "/etc/lvm/lvm.conf",
+                                  "/init", "/etc/pyinit/cmdline"])
+def test_a_key_file_may_not_replace_the_images_own_files(tmp_path: Path, dest: str) -> None:
+    key = tmp_path / "root.key"
+    key.write_bytes(b"k")
+    crypttab = tmp_path / "crypttab"
+    crypttab.write_text("root UUID=11111111-2222-4333-8444-555555555555 none luks\n")
+    with pytest.raises(stacks.StackError, match=f"found {dest}, which the image's own "):
+        stacks.plan(["luks", "lvm"], hostonly=False, generic=[],
+                    luks_keys=[f"{key}:{dest}"], crypttab=str(crypttab),
+                    mdadm_conf=str(tmp_path / "none"))

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-from pyinit import prompt
+from pyinit import prompt, storage
+from pyinit.cmdline import parse
 from pyinit.rootspec import RootSpec
 from pyinit.storage import StorageError, flag, luks, lvm, mdraid
 
@@ -152,6 +154,129 @@ def test_lvm_activates_what_is_named_or_everything() -> None:
     assert with_resume.auto and with_resume.targets("vg", ["root", "swap_1"]) == ["vg"]
     assert lvm.check_cmdline(["rd.lvm.lv=justvg"]) == ["rd.lvm.lv=justvg: expected VG/LV"]
     assert flag(["rd.lvm=0"], "rd.lvm") is False and flag([], "rd.lvm") is None
+
+
+def test_lvm_resume_by_uuid_widens_to_the_roots_group() -> None:
+    # Debian's encrypted LVM: root named by path, resume= by the swap's UUID (no path).
+    root = RootSpec("path", "/dev/mapper/debian--vg-root")
+    resume = RootSpec("uuid", "0a1b2c3d-0000-4000-8000-000000000001")
+    wanted = lvm.Wanted([], root, resume)
+    assert not wanted.auto
+    assert wanted.targets("debian-vg", ["root", "swap_1"]) == ["debian-vg"]
+    assert wanted.targets("other-vg", ["data"]) == []
+    # A resume link that is no VG/LV path names no volume either.
+    by_link = lvm.Wanted([], root, RootSpec("path", "/dev/dm-2"))
+    assert by_link.targets("debian-vg", ["root", "swap_1"]) == ["debian-vg"]
+    # Without resume=, or with resume= naming the swap volume, only what is named.
+    assert lvm.Wanted([], root).targets("debian-vg", ["root", "swap_1"]) == ["debian-vg/root"]
+    named = lvm.Wanted([], root, RootSpec("path", "/dev/debian-vg/swap_1"))
+    assert named.targets("debian-vg", ["root", "swap_1"]) == [
+        "debian-vg/root", "debian-vg/swap_1"]
+    # rd.lvm.* are explicit choices, kept as they are.
+    explicit = lvm.Wanted(["rd.lvm.lv=debian-vg/root"], root, resume)
+    assert explicit.targets("debian-vg", ["root", "swap_1"]) == ["debian-vg/root"]
+    by_vg = lvm.Wanted(["rd.lvm.vg=other-vg"], root, resume)
+    assert by_vg.targets("debian-vg", ["root", "swap_1"]) == ["debian-vg/root"]
+
+
+def test_lvm_segment_types_name_every_module_they_load() -> None:
+    assert lvm.target_modules("linear") == lvm.target_modules("striped") == ()
+    assert lvm.target_modules("thin") == lvm.target_modules("thin-pool") == ("dm_thin_pool",)
+    # dm_raid asks the kernel for its md personality; dm_cache for its default policy.
+    assert lvm.target_modules("raid1") == ("dm_raid", "raid1")
+    assert lvm.target_modules("raid5_ls") == lvm.target_modules("raid6_zr") == (
+        "dm_raid", "raid456")
+    assert lvm.target_modules("raid10_near") == ("dm_raid", "raid10")
+    assert lvm.target_modules("raid0_meta") == ("dm_raid", "raid0")
+    assert lvm.target_modules("cache") == ("dm_cache", "dm_cache_smq")
+    assert lvm.target_modules("vdo-pool") == ("dm_vdo",)
+    # The build half carries all of them (where the kernel has them as modules).
+    loaded = {m for mods in lvm.TARGETS.values() for m in mods}
+    assert loaded <= set(lvm.NEEDS.optional_modules)
+    assert {"dm_thin_pool", "dm_raid", "dm_mirror", "dm_snapshot", "dm_cache"} <= loaded
+
+
+@pytest.mark.parametrize(("params", "expected"), [
+    (["rd.luks.uuid=notauuid"], ["rd.luks.uuid=notauuid: expected a UUID (8-4-4-4-12 hex "
+                                 "digits, with or without the luks- prefix)"]),
+    (["rd.luks.uuid="], ["rd.luks.uuid=: expected a UUID (8-4-4-4-12 hex digits, with or "
+                         "without the luks- prefix)"]),
+    (["luks.uuid=luks-0123abcd-0000-4000-8000"], [
+        "luks.uuid=luks-0123abcd-0000-4000-8000: expected a UUID (8-4-4-4-12 hex digits, "
+        "with or without the luks- prefix)"]),
+    (["rd.luks.uuid=0123abcd-0000-4000-8000-00000000000g"], [
+        "rd.luks.uuid=0123abcd-0000-4000-8000-00000000000g: expected a UUID (8-4-4-4-12 hex "
+        "digits, with or without the luks- prefix)"]),
+    (["rd.luks=maybe", "luks.crypttab=sometimes"], ["rd.luks=maybe: expected 0 or 1",
+                                                    "luks.crypttab=sometimes: expected 0 or 1"]),
+    (["rd.luks.uuid=luks-0123ABCD-0000-4000-8000-00000000000A",
+      "luks.uuid=0123abcd-0000-4000-8000-00000000000b", "rd.luks=1", "rd.luks.crypttab=no",
+      "rd.luks"], []),
+])
+def test_luks_command_line_values(params: list[str], expected: list[str]) -> None:
+    assert luks.check_cmdline(params) == expected
+
+
+def test_a_bad_luks_uuid_names_no_volume() -> None:
+    volumes, errors, _ = luks.from_cmdline(["rd.luks.uuid=notauuid",
+                                            "rd.luks.uuid=luks-0123ABCD-0000-4000-8000-"
+                                            "00000000000A"])
+    assert len(errors) == 1
+    assert [v.spec for v in volumes] == [RootSpec("uuid", "0123abcd-0000-4000-8000-00000000000a")]
+
+
+@pytest.mark.parametrize(("params", "expected"), [
+    (["rd.lvm=maybe"], ["rd.lvm=maybe: expected 0 or 1"]),
+    (["rd.lvm.vg="], ["rd.lvm.vg=: expected a volume group name (letters, digits and +_.-)"]),
+    (["rd.lvm.vg=vg/root"], ["rd.lvm.vg=vg/root: expected a volume group name (letters, "
+                             "digits and +_.-)"]),
+    (["rd.lvm.lv=vg/"], ["rd.lvm.lv=vg/: expected VG/LV"]),
+    (["rd.lvm.lv=-vg/root"], ["rd.lvm.lv=-vg/root: expected VG/LV"]),
+    (["rd.lvm=0", "rd.lvm=yes", "rd.lvm.vg=debian-vg", "rd.lvm.lv=vg_1/swap.1+x"], []),
+])
+def test_lvm_command_line_values(params: list[str], expected: list[str]) -> None:
+    assert lvm.check_cmdline(params) == expected
+
+
+def test_md_command_line_values() -> None:
+    assert mdraid.check_cmdline(["rd.md=maybe"]) == ["rd.md=maybe: expected 0 or 1"]
+    assert mdraid.check_cmdline(["rd.md.uuid="]) == [
+        "rd.md.uuid=: expected the array's UUID (32 hex digits)"]
+    assert mdraid.check_cmdline(["rd.md=0", "rd.md=1", "rd.md"]) == []
+
+
+def test_storage_keys_for_stacks_the_image_lacks_are_named() -> None:
+    line = parse("root=UUID=abc rd.luks.uuid=0123abcd-0000-4000-8000-00000000000a "
+                 "rd.lvm.vg=vg luks.name=x rd.md.uuid=a1b2 rd.md=0 rd.luks=0 quiet rd.auto "
+                 "rd.lvmfoo=1 luksbar=2")
+    assert storage.cmdline_errors(line, ["lvm"]) == [
+        "rd.luks.uuid=0123abcd-0000-4000-8000-00000000000a: this image carries no LUKS "
+        "support (rebuild with --storage luks)",
+        "luks.name=x: this image carries no LUKS support (rebuild with --storage luks)",
+        "rd.md.uuid=a1b2: this image carries no mdraid support (rebuild with --storage "
+        "mdraid)"]
+    # The carried stacks' own checks run as well; with every stack, nothing is uncarried.
+    assert storage.cmdline_errors(parse("rd.lvm=maybe rd.md=maybe"), ["lvm"]) == [
+        "rd.md=maybe: this image carries no mdraid support (rebuild with --storage mdraid)",
+        "rd.lvm=maybe: expected 0 or 1"]
+    assert storage.cmdline_errors(parse("rd.luks.uuid=bad"), list(storage.STACKS)) == [
+        "rd.luks.uuid=bad: expected a UUID (8-4-4-4-12 hex digits, with or without the luks- "
+        "prefix)"]
+    assert storage.key_stack("rd.lvm.lv") == "lvm" and storage.key_stack("luks") == "luks"
+    assert storage.key_stack("rd.lvmx") is None and storage.key_stack("rootflags") is None
+
+
+def test_checking_keys_of_uncarried_stacks_imports_no_stack() -> None:
+    script = ("import sys\n"
+              f"sys.path.insert(0, {str(Path(__file__).parents[2])!r})\n"
+              "from pyinit import storage\n"
+              "from pyinit.cmdline import parse\n"
+              "errors = storage.cmdline_errors(parse('rd.luks.uuid=x rd.lvm.vg=y rd.md=1'), [])\n"
+              "assert len(errors) == 3, errors\n"
+              "print(sorted(m for m in sys.modules if m.startswith('pyinit.storage.')))\n")
+    done = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True,
+                          text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_mdadm_uuids_and_export() -> None:
