@@ -259,12 +259,12 @@ def run(argv: list[str]) -> int:
             for path in distro.install_hooks(args.install_hooks):
                 say(f"{path}: written")
             return 0
-        if args.remove:
+        if args.remove is not None:
             removed = distro.remove(args.remove, args.boot_dir)
             say(f"{removed}: removed" if removed else
                 f"{distro.image_path(args.remove, args.boot_dir)}: there was none")
             return 0
-        if args.update:
+        if args.update is not None:
             modules = os.path.dirname(args.kmoddir.rstrip("/")) if args.kmoddir else \
                 distro.MODULES
             for kver in distro.targets(args.update, args.boot_dir, modules):
@@ -312,18 +312,18 @@ def update(args: argparse.Namespace, kver: str) -> None:
     start = time.monotonic()
     result = build(cfg)
     if args.boot_test is not None:
-        staged = path + ".pyinit-test"
-        output.write_atomically(staged, result.data, True)
+        # Staged as the builder's temporary files are, so that the next build removes what
+        # a SIGKILL during the (long) boot test leaves.
+        staged = output.stage(path, result.data, True)
         try:
             outcome = run_boot_test(staged, args.kernel or
                                     os.path.join(args.boot_dir, f"vmlinuz-{kver}"), args.root)
             if not outcome.passed:
                 raise BuildError(f"--update {kver}: the new image failed its boot test "
                                  f"({outcome.stopped}); {path} is unchanged")
-            os.replace(staged, path)
+            output.put_in_place(staged, path, True)
         finally:
-            if os.path.exists(staged):
-                os.unlink(staged)
+            output.discard(staged)
     else:
         output.write_atomically(path, result.data, True)
     say(summary(cfg, result, time.monotonic() - start))

@@ -5,6 +5,9 @@ when it is removed.
   kernel or for every kernel with a /boot/vmlinuz-KVER, then runs
   /etc/initramfs/post-update.d/ (run-parts: ``KVER IMAGE``), which boot loaders hook into.
   The previous image stays until the new one is complete (written beside it, renamed).
+  Before anything is built, a kernel without its vmlinuz or its modules, and a boot
+  directory that cannot be written (read-only), are refused in one line; ``all`` names on
+  stderr each kernel (or modules directory) it skips because the other half is missing.
 - ``--remove KVER`` deletes the image.
 - ``--install-hooks`` writes the hooks that call them: Debian's
   /etc/kernel/postinst.d/pyinit and postrm.d/pyinit (``KVER /boot/vmlinuz-KVER``,
@@ -22,6 +25,7 @@ import sys
 from collections.abc import Callable
 
 from pyinit import layout
+from pyinit.builder import output
 
 BOOT = "/boot"
 MODULES = "/lib/modules"
@@ -36,6 +40,7 @@ POSTINST_TEXT = """#!/bin/sh
 # pyinit: make the initramfs of a kernel Debian just installed (written by {tool}).
 # Called as: pyinit KVER /boot/vmlinuz-KVER, by the kernel package's maintainer script.
 version="$1"
+{no_version}
 [ "$INITRD" = No ] && exit 0
 if [ -n "$DEB_MAINT_PARAMS" ]; then
     eval set -- "$DEB_MAINT_PARAMS"
@@ -46,6 +51,7 @@ exec {command} --update "$version"
 POSTRM_TEXT = """#!/bin/sh
 # pyinit: remove the initramfs of a kernel Debian just removed (written by {tool}).
 version="$1"
+{no_version}
 [ "$INITRD" = No ] && exit 0
 if [ -n "$DEB_MAINT_PARAMS" ]; then
     eval set -- "$DEB_MAINT_PARAMS"
@@ -58,13 +64,24 @@ KERNEL_INSTALL_TEXT = """#!/bin/sh
 # Called as: 50-pyinit.install add KVER ENTRY_DIR KERNEL_IMAGE [INITRD...]
 [ "$1" = add ] || exit 0
 [ "$#" -le 4 ] || exit 0  # initrds were given: nothing to generate
-case "${{KERNEL_INSTALL_INITRD_GENERATOR:-pyinit}}" in pyinit) ;; *) exit 0 ;; esac
+generator="${{KERNEL_INSTALL_INITRD_GENERATOR:-pyinit}}"
+if [ "$generator" != pyinit ]; then
+    [ "$KERNEL_INSTALL_VERBOSE" = 1 ] && \\
+      echo "pyinit: initrd generator is $generator, not pyinit: nothing to do"
+    exit 0
+fi
 case "$KERNEL_INSTALL_LAYOUT" in bls|uki) ;; *) exit 0 ;; esac
 [ -n "$KERNEL_INSTALL_STAGING_AREA" ] || exit 0
 [ "$KERNEL_INSTALL_VERBOSE" = 1 ] && \\
   echo "pyinit: making $KERNEL_INSTALL_STAGING_AREA/initrd for $2"
 exec {command} --kver "$2" -o "$KERNEL_INSTALL_STAGING_AREA/initrd" --force
 """
+# The Debian hooks' first check: without KVER, --update "" would be another command.
+NO_VERSION_TEXT = """if [ -z "$version" ]; then
+    echo "$0: expected the kernel version as the first argument (KVER /boot/vmlinuz-KVER)," \\
+      "found none" >&2
+    exit 1
+fi"""
 
 
 SHUTDOWN_UNIT = "/usr/lib/systemd/system/pyinit-shutdown.service"
@@ -97,31 +114,71 @@ def image_path(kver: str, boot: str = BOOT) -> str:
     return os.path.join(boot, f"initrd.img-{kver}")
 
 
-def installed_kernels(boot: str = BOOT, modules: str = MODULES) -> list[str]:
-    """Kernels with both a /boot/vmlinuz-KVER and modules (update-initramfs -k all)."""
+def installed_kernels(boot: str = BOOT, modules: str = MODULES,
+                      warn: Callable[[str], None] | None = None) -> list[str]:
+    """Kernels with both a /boot/vmlinuz-KVER and modules (update-initramfs -k all); a
+    kernel with only one of the two is named to WARN and skipped."""
+    warn = warn or _warn
     try:
         names = os.listdir(boot)
     except OSError as err:
         raise DistroError(f"{boot}: expected the kernels' directory, found: "
                           f"{err.strerror}") from err
-    found = sorted(n.removeprefix("vmlinuz-") for n in names if n.startswith("vmlinuz-"))
-    return [k for k in found if os.path.isdir(os.path.join(modules, k))]
+    kernels = {n.removeprefix("vmlinuz-") for n in names if n.startswith("vmlinuz-")}
+    try:
+        with_modules = {n for n in os.listdir(modules) if os.path.isdir(os.path.join(modules, n))}
+    except OSError:
+        with_modules = set()
+    for kver in sorted(kernels - with_modules):
+        warn(f"--update all: skipping {kver}: expected its modules in "
+             f"{os.path.join(modules, kver)}, found none")
+    for kver in sorted(with_modules - kernels):
+        warn(f"--update all: skipping the modules in {os.path.join(modules, kver)}: expected "
+             f"their kernel {os.path.join(boot, 'vmlinuz-' + kver)}, found none")
+    return sorted(kernels & with_modules)
 
 
-def targets(which: str, boot: str = BOOT, modules: str = MODULES) -> list[str]:
-    """--update's argument: one kernel (it must be installed) or all of them."""
+def _warn(text: str) -> None:
+    print(f"mkinitramfs.py: warning: {text}", file=sys.stderr, flush=True)
+
+
+def check_kver(option: str, kver: str) -> None:
+    """KVER as --update and --remove take it: a name in /boot and /lib/modules."""
+    if not kver:
+        raise DistroError(f"{option}: expected a kernel version (KVER), found an empty word")
+    if "/" in kver or kver in (".", ".."):
+        raise DistroError(f"{option} {kver}: expected a kernel version (KVER), found a path")
+
+
+def targets(which: str, boot: str = BOOT, modules: str = MODULES,
+            warn: Callable[[str], None] | None = None) -> list[str]:
+    """--update's argument: one kernel (it must be installed) or all of them, into a boot
+    directory that can be written (checked before anything is built)."""
+    check_kver("--update", which)
     if which == "all":
-        kernels = installed_kernels(boot, modules)
+        kernels = installed_kernels(boot, modules, warn)
         if not kernels:
             raise DistroError(f"--update all: expected kernels in {boot} (vmlinuz-KVER) with "
                               f"modules in {modules}, found none")
-        return kernels
+    else:
+        kernels = [_installed(which, boot, modules)]
+    problem = output.unwritable(boot)
+    if problem is not None:
+        raise DistroError(f"--update {which}: expected a writable {boot}, found {problem}")
+    return kernels
+
+
+def _installed(kver: str, boot: str, modules: str) -> str:
+    """KVER, when it has a kernel in BOOT and modules in MODULES."""
     if not os.path.isdir(boot):
-        raise DistroError(f"--update {which}: expected {boot}, found no directory")
-    if not os.path.exists(os.path.join(modules, which)):
-        raise DistroError(f"--update {which}: expected the kernel's modules in "
-                          f"{os.path.join(modules, which)}, found none")
-    return [which]
+        raise DistroError(f"--update {kver}: expected {boot}, found no directory")
+    vmlinuz = os.path.join(boot, f"vmlinuz-{kver}")
+    if not os.path.isfile(vmlinuz):
+        raise DistroError(f"--update {kver}: expected the kernel {vmlinuz}, found none")
+    if not os.path.exists(os.path.join(modules, kver)):
+        raise DistroError(f"--update {kver}: expected the kernel's modules in "
+                          f"{os.path.join(modules, kver)}, found none")
+    return kver
 
 
 def post_update(kver: str, image: str, directory: str = POST_UPDATE,
@@ -150,6 +207,7 @@ def post_update(kver: str, image: str, directory: str = POST_UPDATE,
 
 def remove(kver: str, boot: str = BOOT) -> str | None:
     """Delete the image of KVER; returns its path, or None when there was none."""
+    check_kver("--remove", kver)
     path = image_path(kver, boot)
     try:
         os.unlink(path)
@@ -193,8 +251,10 @@ def install_hooks(root: str = "/", command: str | None = None) -> list[str]:
     tool = "pyinit-mkinitramfs --install-hooks"
     written = []
     for path, text, mode in (
-            (POSTINST, POSTINST_TEXT.format(tool=tool, command=command), 0o755),
-            (POSTRM, POSTRM_TEXT.format(tool=tool, command=command), 0o755),
+            (POSTINST, POSTINST_TEXT.format(tool=tool, command=command,
+                                            no_version=NO_VERSION_TEXT), 0o755),
+            (POSTRM, POSTRM_TEXT.format(tool=tool, command=command,
+                                        no_version=NO_VERSION_TEXT), 0o755),
             (KERNEL_INSTALL, KERNEL_INSTALL_TEXT.format(tool=tool, command=command), 0o755),
             (LOCAL_SHUTDOWN_UNIT, SHUTDOWN_UNIT_TEXT.format(marker=layout.STORAGE_ACTIVE,
                                                             command=command), 0o644)):

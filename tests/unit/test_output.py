@@ -3,11 +3,14 @@ and a closed stdout. Nothing is lost or left half-written."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -126,3 +129,86 @@ def test_an_interrupted_cache_store_leaves_no_temporary_file(
     with pytest.raises(KeyboardInterrupt):
         cache.store({"k": 1}, [], segment, str(tmp_path))
     assert os.listdir(tmp_path) == []
+
+
+def read_only(real: Callable[[str], os.statvfs_result]) -> Callable[[str], os.statvfs_result]:
+    """os.statvfs as on a filesystem mounted read-only (root's access() would say writable)."""
+    def statvfs(path: str) -> os.statvfs_result:
+        found = real(path)
+        return os.statvfs_result((*found[:8], found.f_flag | os.ST_RDONLY, found[9]))
+    return statvfs
+
+
+def test_a_read_only_directory_is_refused_before_the_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "i.img"
+    target.write_bytes(b"the previous image")
+    monkeypatch.setattr(os, "statvfs", read_only(os.statvfs))
+    monkeypatch.setattr(tempfile, "mkstemp", None)  # never reached
+    with pytest.raises(output.OutputError, match=rf"^-o {target}: expected a writable "
+                                                 rf"{tmp_path}, found a read-only filesystem$"):
+        output.write_atomically(str(target), b"new", force=True)
+    assert target.read_bytes() == b"the previous image"
+
+
+def test_no_space_left_is_one_line_naming_the_image(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "initrd.img-6.9.0"
+    target.write_bytes(b"the previous image")
+    real_write = os.write
+
+    def disk_fills_up(fd: int, data: bytes | memoryview) -> int:
+        real_write(fd, memoryview(data)[:3])  # part of the image, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", disk_fills_up)
+    with pytest.raises(output.OutputError) as caught:
+        output.write_atomically(str(target), b"the new image", force=True)
+    assert str(caught.value) == (f"-o {target}: expected to write the image, found: No space "
+                                 "left on device; the previous image is unchanged")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"the previous image"
+    assert temp_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES], ids=["EROFS", "EACCES"])
+def test_a_refused_temporary_file_is_named_by_the_image(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    target = tmp_path / "initrd.img-6.9.0"
+
+    def refused(prefix: str, suffix: str, dir: str) -> tuple[int, str]:
+        raise OSError(code, os.strerror(code), os.path.join(dir, f"{prefix}abcdefgh{suffix}"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(output.OutputError) as caught:
+        output.write_atomically(str(target), b"the new image", force=False)
+    assert str(caught.value) == (f"-o {target}: expected to write the image, found: "
+                                 f"{os.strerror(code)}")  # not the temporary file's name
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_refused_rename_keeps_the_previous_image(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "initrd.img-6.9.0"
+    target.write_bytes(b"the previous image")
+
+    def refused(src: str, dst: str) -> None:
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES), src, dst)
+
+    monkeypatch.setattr(os, "replace", refused)
+    with pytest.raises(output.OutputError, match=r"^-o .*/initrd.img-6.9.0: expected to write "
+                                                 r"the image, found: Permission denied; the "
+                                                 r"previous image is unchanged$"):
+        output.write_atomically(str(target), b"the new image", force=True)
+    assert target.read_bytes() == b"the previous image"
+    assert temp_files(tmp_path) == []
+
+
+def test_a_staged_image_is_found_by_the_stale_cleanup(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "initrd.img-6.9.0"
+    staged = output.stage(str(target), b"the new image", True)
+    assert os.path.dirname(staged) == str(tmp_path) and not target.exists()
+    assert Path(staged).read_bytes() == b"the new image"
+    monkeypatch.setattr(output, "_alive", lambda pid: False)  # as after a SIGKILL
+    assert output.remove_stale_temps(str(tmp_path)) == [os.path.basename(staged)]

@@ -35,7 +35,7 @@ out "failed $(systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\\
 out "swaps $(swapon --noheadings --show=NAME | tr '\\n' ' ')"
 out "initrd-timestamp $(systemctl show -p InitRDTimestampMonotonic --value)"
 out "journal-pyinit $(journalctl -b -t pyinit -o cat | grep -c '^event=')"
-out "pyinit-log $(wc -l < /run/initramfs/pyinit.log 2>/dev/null || echo none)"
+out "pyinit-log $(grep -c '^pyinit: event=' /run/initramfs/pyinit.log 2>/dev/null || echo none)"
 out "jobs $(systemctl list-jobs --no-legend | wc -l)"
 out "pid1 $(tr '\\0' ' ' < /proc/1/cmdline)"
 systemd-run --quiet --on-active=3 --unit=pyinit-probe-finish /usr/local/sbin/pyinit-probe-finish
