@@ -8,10 +8,13 @@ that line, which includes the kernel unpacking the image (size is time too).
 
 pyinit's images: "pyinit" is what a user gets without flags (only --kver, --kmoddir and
 --add-drivers, as every image here needs for the test kernel), "pyinit host-only" adds
---hostonly (this machine's root: virtio and ext4, with fsck.ext4), "pyinit udevd" adds
---udev systemd. Each image boots N times per vCPU count, one after another; the table gives
-the medians, the ratios of the default image to the others, its stage durations, and the
-real init's MemFree and Unevictable ("kept": ramfs pages of an initramfs nobody deleted;
+--hostonly, which is what a build for the running kernel does without flags (this
+machine's root: virtio and ext4, with fsck.ext4), "pyinit udevd" adds --udev systemd, and
+"pyinit no early" boots the default image with pyinit.early=0 (the modules load in the
+init after its imports instead of in a child beside them: pyinit/early.py).
+Each image boots N times per vCPU count, one after another; the table gives the medians,
+the ratios of the default images to the others, their stage durations, and the real
+init's MemFree and Unevictable ("kept": ramfs pages of an initramfs nobody deleted;
 pyinit must keep none). A PNG chart is written next to this file.
 
 The busybox floor is built here: static busybox, an /init that mounts /proc /sys /dev, loads
@@ -36,6 +39,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from bench import build as buildbench  # noqa: E402
+from pyinit import early  # noqa: E402
 from pyinit.builder import compress, cpio, firmware  # noqa: E402
 from pyinit.builder.kmodules import ModuleTree  # noqa: E402
 from tests.vm import harness, kernels  # noqa: E402
@@ -55,6 +59,8 @@ SWITCH_ROOT = "exec /bin/busybox switch_root /newroot /sbin/init"
 # pyinit's images: the default (no flags but what the test kernel needs), and tuned ones.
 PYINIT_IMAGES = {"pyinit": [], "pyinit host-only": ["--hostonly"],
                  "pyinit udevd": ["--udev", "systemd"]}
+# The images a user gets without flags: their ratios to every other image are printed.
+RATIO_IMAGES = ("pyinit", "pyinit host-only")
 PIVOT_ROOT = ("cd /newroot && /bin/busybox pivot_root . . && exec /bin/busybox chroot . "
               "/bin/sh -c 'umount -l / 2>/dev/null; exec /sbin/init'")
 
@@ -147,28 +153,37 @@ def report(all_series: list[Series]) -> str:
                      f"{s.size / 1e6:>6.2f} {mem:>10.1f} {kept:>7.0f}")
     for kernel in sorted({s.kernel for s in all_series}):
         for cpus in sorted({s.cpus for s in all_series}):
-            mine = next((s for s in all_series if s.kernel == kernel and s.cpus == cpus
-                         and s.image == "pyinit"), None)
-            if mine is None:
-                continue
-            for other in all_series:
-                if other.kernel == kernel and other.cpus == cpus and other is not mine:
-                    lines.append(
-                        f"{kernel} smp {cpus}: pyinit / {other.image} = initrd "
-                        f"{statistics.median(mine.phases) / statistics.median(other.phases):.2f}"
-                        f", total "
-                        f"{statistics.median(mine.totals) / statistics.median(other.totals):.2f}")
-            stages = ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in mine.stages.items())
-            lines.append(f"{kernel} smp {cpus}: pyinit stages (median s): {stages}")
+            for name in RATIO_IMAGES:  # the defaults against every other image
+                mine = next((s for s in all_series if s.kernel == kernel and s.cpus == cpus
+                             and s.image == name), None)
+                if mine is None:
+                    continue
+                for other in all_series:
+                    if other.kernel == kernel and other.cpus == cpus and other is not mine \
+                            and other.image not in RATIO_IMAGES:
+                        initrd = statistics.median(mine.phases) / statistics.median(other.phases)
+                        total = statistics.median(mine.totals) / statistics.median(other.totals)
+                        lines.append(f"{kernel} smp {cpus}: {name} / {other.image} = initrd "
+                                     f"{initrd:.2f}, total {total:.2f}")
+                stages = ", ".join(f"{k} {statistics.median(v):.3f}"
+                                   for k, v in mine.stages.items())
+                lines.append(f"{kernel} smp {cpus}: {name} stages (median s): {stages}")
     return "\n".join(lines)
 
 
 def chart(all_series: list[Series], path: str) -> None:
-    import matplotlib
+    """A PNG of the 1-vCPU medians (of the first vCPU count booted when 1 was not), when
+    matplotlib is installed (it is not a dependency)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("chart: matplotlib is not installed, no chart written")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    cpus = min(s.cpus for s in all_series)
     kernels_seen = sorted({s.kernel for s in all_series})
     images = list(dict.fromkeys(s.image for s in all_series))
     fig, ax = plt.subplots(figsize=(9, 4))
@@ -176,15 +191,16 @@ def chart(all_series: list[Series], path: str) -> None:
     for i, kernel in enumerate(kernels_seen):
         values = [statistics.median(next(s.phases for s in all_series
                                          if s.kernel == kernel and s.image == image
-                                         and s.cpus == 1))
+                                         and s.cpus == cpus))
                   for image in images]
         ax.bar([x + i * width for x in range(len(images))], values, width, label=kernel)
     ax.set_xticks([x + width * (len(kernels_seen) - 1) / 2 for x in range(len(images))])
     ax.set_xticklabels(images)
-    ax.set_ylabel("initrd phase, median guest s (1 vCPU)")
+    ax.set_ylabel(f"initrd phase, median guest s ({cpus} vCPU)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    print(f"chart: {path}")
 
 
 def main() -> int:
@@ -192,7 +208,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--kernel", choices=["debian-6.1", "debian-7", "both"], default="both")
     parser.add_argument("--skip", action="append", default=[],
-                        help="leave out an image: busybox, initramfs-tools or dracut")
+                        help="leave out an image: busybox, initramfs-tools, dracut, \"pyinit "
+                             "host-only\", \"pyinit udevd\", \"no early\"")
     parser.add_argument("--smp", default="1,2", help="vCPU counts to boot with (default 1,2)")
     parser.add_argument("--chart", default=os.path.join(REPO, "bench", "boot.png"))
     args = parser.parse_args()
@@ -227,9 +244,12 @@ def main() -> int:
                 buildbench.MODULES[:] = [*DRIVERS[kernel.name], "ext4"]
                 buildbench.bench_dracut(kernel, images["dracut"], 1)
             for cpus in (int(n) for n in args.smp.split(",")):
-                for name, image in images.items():
+                runs = [(name, image, "") for name, image in images.items()]
+                if "pyinit" in images and "no early" not in args.skip:
+                    runs.append(("pyinit no early", images["pyinit"], early.OFF))
+                for name, image, extra in runs:
                     series = Series(name, kernel.name, cpus)
-                    boot_series(series, kernel, image, disk, args.runs, tmp)
+                    boot_series(series, kernel, image, disk, args.runs, tmp, extra)
                     all_series.append(series)
                     print(f"{name} on {kernel.name}, smp {cpus}: median initrd "
                           f"{statistics.median(series.phases):.2f} s, total "
@@ -237,7 +257,6 @@ def main() -> int:
     print(versions() + "; kernels " + ", ".join(k.kver for k in chosen))
     print(report(all_series))
     chart(all_series, args.chart)
-    print(f"chart: {args.chart}")
     return 0
 
 
