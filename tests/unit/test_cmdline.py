@@ -180,3 +180,10 @@ def test_garbage_bytes_and_long_lines_do_not_raise() -> None:
 def test_unknown_keys_are_kept_raw_and_ignored() -> None:
     options = parse("console=ttyS0,115200 foo bar=baz")
     assert options.raw == {"console": "ttyS0,115200", "foo": None, "bar": "baz"}
+
+
+def test_kernel_keys_and_unknown_keys_are_left_alone() -> None:
+    # loglevel= is the kernel's (a bad value is its business), the rest nobody's here: the
+    # kernel ignores them too, and none may stop the boot nor warn.
+    options = parse("root=/dev/vda loglevel=x nosuchkey=1 foo.bar rd.nosuch=2 quiet")
+    assert options.errors == () and options.warnings == ()
