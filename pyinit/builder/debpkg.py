@@ -111,11 +111,8 @@ def stage(root: str, repo: str = pyruntime.PYINIT_SRC) -> None:
     shutil.copytree(os.path.join(repo, "rootfs-skel"), os.path.join(root, SKELETON.lstrip("/")))
     _write(root, COMMAND, ENTRY, 0o755)
     _write(root, "/usr/sbin/update-initramfs", UPDATE_INITRAMFS, 0o755)
-    tool = "the pyinit package"
-    for path, text in ((distro.POSTINST, distro.POSTINST_TEXT),
-                       (distro.POSTRM, distro.POSTRM_TEXT),
-                       (KERNEL_INSTALL, distro.KERNEL_INSTALL_TEXT)):
-        _write(root, path, text.format(tool=tool, command=COMMAND), 0o755)
+    for path, text in distro.hooks("the pyinit package", COMMAND):
+        _write(root, KERNEL_INSTALL if path == distro.KERNEL_INSTALL else path, text, 0o755)
     _write(root, distro.SHUTDOWN_UNIT,
            distro.SHUTDOWN_UNIT_TEXT.format(marker=layout.STORAGE_ACTIVE, command=COMMAND))
     wants = os.path.join(root, os.path.dirname(distro.SHUTDOWN_UNIT).lstrip("/"),

@@ -244,18 +244,24 @@ def command_line() -> str:
 LOCAL_SHUTDOWN_UNIT = "/etc/systemd/system/pyinit-shutdown.service"
 
 
+def hooks(tool: str, command: str) -> list[tuple[str, str]]:
+    """The kernel hooks' paths and texts, written by TOOL, calling COMMAND (--install-hooks
+    and the Debian package write the same ones)."""
+    return [(POSTINST, POSTINST_TEXT.format(tool=tool, command=command,
+                                            no_version=NO_VERSION_TEXT)),
+            (POSTRM, POSTRM_TEXT.format(tool=tool, command=command,
+                                        no_version=NO_VERSION_TEXT)),
+            (KERNEL_INSTALL, KERNEL_INSTALL_TEXT.format(tool=tool, command=command))]
+
+
 def install_hooks(root: str = "/", command: str | None = None) -> list[str]:
     """Write the three kernel hooks and the shutdown unit (enabled) under ROOT; returns
     their paths."""
     command = command or command_line()
-    tool = "pyinit-mkinitramfs --install-hooks"
     written = []
     for path, text, mode in (
-            (POSTINST, POSTINST_TEXT.format(tool=tool, command=command,
-                                            no_version=NO_VERSION_TEXT), 0o755),
-            (POSTRM, POSTRM_TEXT.format(tool=tool, command=command,
-                                        no_version=NO_VERSION_TEXT), 0o755),
-            (KERNEL_INSTALL, KERNEL_INSTALL_TEXT.format(tool=tool, command=command), 0o755),
+            *((path, text, 0o755) for path, text in
+              hooks("pyinit-mkinitramfs --install-hooks", command)),
             (LOCAL_SHUTDOWN_UNIT, SHUTDOWN_UNIT_TEXT.format(marker=layout.STORAGE_ACTIVE,
                                                             command=command), 0o644)):
         full = os.path.join(root, path.lstrip("/"))

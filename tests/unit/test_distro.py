@@ -302,3 +302,15 @@ def test_an_empty_kernel_version_is_named(option: str, tmp_path: Path,
     _out, err = capsys.readouterr()
     assert (code, err) == (1, f"mkinitramfs.py: error: {option}: expected a kernel version "
                               "(KVER), found an empty word\n")
+
+
+def test_the_debian_package_writes_the_same_hooks(tmp_path: Path) -> None:
+    from pyinit.builder import debpkg
+
+    debpkg.stage(str(tmp_path))
+    for path, text in distro.hooks("the pyinit package", debpkg.COMMAND):
+        path = debpkg.KERNEL_INSTALL if path == distro.KERNEL_INSTALL else path
+        written = (tmp_path / path.lstrip("/")).read_text()
+        assert written == text, path
+    postinst = (tmp_path / distro.POSTINST.lstrip("/")).read_text()
+    assert "expected the kernel version" in postinst
