@@ -121,28 +121,25 @@ def disks(kernel7: Kernel, root_input: provision.Input) -> dict[str, dict[str, s
     return {r.name: provision.provision(r, kernel7) for r in recipes}
 
 
-@pytest.fixture(scope="session")
-def storage_image(kernel7: Kernel, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A 7.x image with the four stacks and the key file, and no udevd (a busybox root)."""
-    tmp = tmp_path_factory.mktemp("storage-image")
+def storage_image_for(kernel: Kernel, tmp: Path) -> str:
+    """An image with the four stacks and the key file, and no udevd (a busybox root)."""
     key = tmp / "root.key"
     key.write_bytes(KEY)
     image = str(tmp / "initrd-storage.img")
-    harness.build_image(image, kernel7.moddir, kernel7.kver, DRIVERS[kernel7.name],
+    harness.build_image(image, kernel.moddir, kernel.kver, DRIVERS[kernel.name],
                         extra=[*STORAGE, "--luks-key", f"{key}:{KEY_PATH}"], udev="none")
     return image
+
+
+@pytest.fixture(scope="session")
+def storage_image(kernel7: Kernel, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return storage_image_for(kernel7, tmp_path_factory.mktemp("storage-image"))
 
 
 @pytest.fixture(scope="session")
 def storage_image61(kernel61: Kernel, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The same for Debian 12's 6.1 kernel (modules uncompressed, MS_MOVE hand-over)."""
-    tmp = tmp_path_factory.mktemp("storage-image-61")
-    key = tmp / "root.key"
-    key.write_bytes(KEY)
-    image = str(tmp / "initrd-storage.img")
-    harness.build_image(image, kernel61.moddir, kernel61.kver, DRIVERS[kernel61.name],
-                        extra=[*STORAGE, "--luks-key", f"{key}:{KEY_PATH}"], udev="none")
-    return image
+    return storage_image_for(kernel61, tmp_path_factory.mktemp("storage-image-61"))
 
 
 def boot(kernel: Kernel, image: str, disks: list[str], cmdline: str, tmp_path: Path,
