@@ -219,6 +219,12 @@ def check_carried(entries: str, carried: set[str], path: str) -> None:
                                  f"SRC:{file}), or leave the entry out of the initramfs")
 
 
+# Paths a key file may not take: the stacks' configuration and what the builder writes
+# beside it (the init would read a key there as its own settings).
+RESERVED = (layout.STORAGE_FILE, luks.CRYPTTAB, lvm.LVM_CONF, mdraid.MDADM_CONF,
+            layout.UDEV_MODE_FILE, layout.DEFAULT_CMDLINE, layout.SHUTDOWN, "/init")
+
+
 def plan(asked: list[str], hostonly: bool, generic: list[str], luks_keys: list[str],
          crypttab: str = luks.CRYPTTAB, mdadm_conf: str = mdraid.MDADM_CONF,
          host: HostStack | None = None) -> Plan:
@@ -246,7 +252,7 @@ def plan(asked: list[str], hostonly: bool, generic: list[str], luks_keys: list[s
     result = Plan(ordered, reasons, needs=[stack_module(s).NEEDS for s in ordered])
     if not ordered:
         return result
-    _add(result, layout.STORAGE_FILE, "\n".join(ordered).encode() + b"\n", 0o644)
+    result.files[layout.STORAGE_FILE] = ("\n".join(ordered).encode() + b"\n", 0o644)
     if "luks" in ordered:
         for key in luks_keys:
             src, _, dest = key.partition(":")
@@ -255,8 +261,12 @@ def plan(asked: list[str], hostonly: bool, generic: list[str], luks_keys: list[s
                                  f"{'nothing' if not os.path.exists(src) else 'no file'}")
             if dest and not dest.startswith("/"):
                 raise StackError(f"--luks-key {key}: expected SRC or SRC:/PATH in the image")
+            if (dest or src) in result.files or (dest or src) in RESERVED:
+                raise StackError(f"--luks-key {key}: expected a path of its own in the image, "
+                                 f"found {dest or src}, which the image's own configuration "
+                                 "uses: choose another")
             with open(src, "rb") as fh:
-                _add(result, dest or src, fh.read(), 0o400, f"--luks-key {key}")
+                result.files[dest or src] = (fh.read(), 0o400)
         wanted = ""
         if os.path.isfile(crypttab):
             with open(crypttab, encoding="utf-8") as fh:
@@ -271,31 +281,17 @@ def plan(asked: list[str], hostonly: bool, generic: list[str], luks_keys: list[s
                 wanted += f"{name} UUID={uuid} none luks\n"
         check_carried(wanted, set(result.files), crypttab)
         if wanted:
-            _add(result, luks.CRYPTTAB, wanted.encode(), 0o600)
+            result.files[luks.CRYPTTAB] = (wanted.encode(), 0o600)
     if "lvm" in ordered:
-        _add(result, lvm.LVM_CONF, lvm.LVM_CONF_TEXT.encode(), 0o644)
+        result.files[lvm.LVM_CONF] = (lvm.LVM_CONF_TEXT.encode(), 0o644)
         if hostonly:
             result.cmdline += [f"rd.lvm.lv={vg}/{lv}" for vg, lv in host.lvs]
     if "mdraid" in ordered and os.path.isfile(mdadm_conf):
         with open(mdadm_conf, encoding="utf-8", errors="replace") as fh:
             text = fh.read()
         if any(line.split()[:1] == ["ARRAY"] for line in text.splitlines()):
-            _add(result, mdraid.MDADM_CONF, text.encode(), 0o644)
+            result.files[mdraid.MDADM_CONF] = (text.encode(), 0o644)
     return result
-
-
-# Files outside the plan that the builder writes where a key file could be put.
-BUILDER_FILES = (layout.UDEV_MODE_FILE, layout.DEFAULT_CMDLINE, layout.SHUTDOWN, "/init")
-
-
-def _add(result: Plan, path: str, data: bytes, mode: int, key: str = "") -> None:
-    """One of the stacks' files. A key file (--luks-key KEY) may not take a path another
-    file of the image has; the configuration written after the keys meets them here."""
-    if path in result.files or (key and path in BUILDER_FILES):
-        what = f"--luks-key {key}" if key else f"--luks-key ...:{path}"
-        raise StackError(f"{what}: expected a path of its own in the image, found {path}, "
-                         "which the image's own configuration uses: choose another")
-    result.files[path] = (data, mode)
 
 
 def host_stack(root: tuple[int, int], root_fstype: str, sys: str = "/sys") -> tuple[

@@ -248,7 +248,9 @@ def test_a_key_file_may_not_replace_the_images_own_files(tmp_path: Path, dest: s
     key.write_bytes(b"k")
     crypttab = tmp_path / "crypttab"
     crypttab.write_text("root UUID=11111111-2222-4333-8444-555555555555 none luks\n")
-    with pytest.raises(stacks.StackError, match=f"found {dest}, which the image's own "):
+    with pytest.raises(stacks.StackError, match=f"^--luks-key {key}:{dest}: expected a path of "
+                                                f"its own in the image, found {dest}, which "
+                                                "the image's own "):
         stacks.plan(["luks", "lvm"], hostonly=False, generic=[],
                     luks_keys=[f"{key}:{dest}"], crypttab=str(crypttab),
                     mdadm_conf=str(tmp_path / "none"))
