@@ -15,6 +15,7 @@ pyinit.storage (whose modules hold each stack's needs and configuration formats)
 from __future__ import annotations
 
 import os
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 from pyinit import layout
@@ -196,12 +197,18 @@ def _unusable(line: str, number: int, path: str, carried: frozenset[str]) -> str
     volumes, errors = luks.parse_crypttab("\n" * (number - 1) + line, path)
     if errors:
         return errors[0]
-    volume = volumes[0]
-    for file, what in ((volume.key, "key file"), (volume.options.get("header"), "header")):
-        if file and file not in carried:
-            return (f"its {what} {file} is not in the image (add --luks-key {file} to "
-                    "unlock it in the initramfs)")
+    missing = _uncarried(volumes[0], carried)
+    if missing:
+        file, what = missing[0]
+        return (f"its {what} {file} is not in the image (add --luks-key {file} to "
+                "unlock it in the initramfs)")
     return ""
+
+
+def _uncarried(volume: luks.Volume, carried: Container[str]) -> list[tuple[str, str]]:
+    """The key file and detached header VOLUME names that are not in CARRIED: (path, what)."""
+    files = ((volume.key, "key file"), (volume.options.get("header"), "header"))
+    return [(file, what) for file, what in files if file and file not in carried]
 
 
 def check_carried(entries: str, carried: set[str], path: str) -> None:
@@ -209,14 +216,12 @@ def check_carried(entries: str, carried: set[str], path: str) -> None:
     (--luks-key), or the boot would stop on it: refuse the build instead."""
     volumes, _errors = luks.parse_crypttab(entries, path)
     for volume in volumes:
-        needed = [(volume.key, "key file")] if volume.key else []
-        if volume.options.get("header"):
-            needed.append((volume.options["header"], "header"))
-        for file, what in needed:
-            if file not in carried:
-                raise StackError(f"{path}: {volume.name} needs the {what} {file}, which the "
-                                 f"image does not carry: add --luks-key {file} (or "
-                                 f"SRC:{file}), or leave the entry out of the initramfs")
+        missing = _uncarried(volume, carried)
+        if missing:
+            file, what = missing[0]
+            raise StackError(f"{path}: {volume.name} needs the {what} {file}, which the "
+                             f"image does not carry: add --luks-key {file} (or "
+                             f"SRC:{file}), or leave the entry out of the initramfs")
 
 
 # Paths a key file may not take: the stacks' configuration and what the builder writes
