@@ -291,9 +291,9 @@ def select_modules(cfg: Config, tree: kmodules.ModuleTree, storage: stacks.Plan)
                 raise BuildError(f"storage {needs.python[0].rsplit('.', 1)[1]}: expected the "
                                  f"kernel module {name} in {cfg.kmoddir}, found none")
         optional = [m for m in needs.optional_modules if tree.resolve(m)]
-        if cfg.hostonly and needs.in_use_modules:  # what this host's stack uses: loaded now
+        if cfg.hostonly and needs.optional_in_use:  # what this host's stack uses: loaded now
             in_use = modindex.loaded_modules()
-            optional = [m for m in optional if m not in needs.in_use_modules or m in in_use]
+            optional = [m for m in optional if m in in_use]
         wanted += [*needs.modules, *optional]
     if cfg.hostonly:
         try:

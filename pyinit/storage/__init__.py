@@ -59,9 +59,9 @@ class Needs(NamedTuple):
     libraries: tuple[str, ...] = ()  # sonames a program opens with dlopen (no DT_NEEDED)
     modules: tuple[str, ...] = ()  # kernel modules (names or aliases) it always needs
     optional_modules: tuple[str, ...] = ()  # taken where the kernel has them as modules
-    # Of those, the ones a host-only image takes only when the host has them loaded (the
-    # device-mapper targets of segment types this host's volumes use).
-    in_use_modules: tuple[str, ...] = ()
+    # Whether a host-only image takes the optional modules only when this host has them
+    # loaded (LVM's device-mapper targets: those of the segment types its volumes use).
+    optional_in_use: bool = False
     udev_rules: tuple[str, ...] = ()  # host rules, carried when the image carries udevd
     python: tuple[str, ...] = ()  # the init's modules it imports (for the image's probe)
     dirs: tuple[str, ...] = ()  # directories its tools expect
@@ -158,9 +158,6 @@ class StackModule(Protocol):
     def handler(self, env: Env) -> Handler: ...
 
 
-key_stack = cmdline.storage_stack
-
-
 def uncarried_errors(params: Sequence[str], stacks: Sequence[str]) -> list[str]:
     """Storage keys for stacks the image does not carry: they would be ignored, so the boot
     would not do what they ask. Turning a stack off (rd.luks=0, rd.md=0) asks for nothing
@@ -168,7 +165,7 @@ def uncarried_errors(params: Sequence[str], stacks: Sequence[str]) -> list[str]:
     errors = []
     for param in params:
         key, sep, value = param.partition("=")
-        name = key_stack(key)
+        name = cmdline.storage_stack(key)
         if name is None or name in stacks or (sep and value in FALSE):
             continue
         errors.append(f"{param}: this image carries no {TITLES[name]} support (rebuild with "

@@ -183,8 +183,8 @@ def from_cmdline(params: Sequence[str]) -> tuple[list[Volume], list[str], dict[s
         key, sep, value = param.partition("=")
         if not sep or key not in ("rd.luks.uuid", "luks.uuid"):
             continue
-        if is_uuid(_uuid(value)):
-            uuids.append(_uuid(value))
+        if is_uuid(given := _uuid(value)):
+            uuids.append(given)
         else:
             errors.append(f"{param}: expected a UUID (8-4-4-4-12 hex digits, with or without "
                           "the luks- prefix)")

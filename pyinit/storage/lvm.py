@@ -74,7 +74,7 @@ NEEDS = Needs(
     # module: a generic image sees the volumes only at boot; a host-only one takes those
     # this host has loaded (the segment types its volumes use).
     optional_modules=TARGET_MODULES,
-    in_use_modules=TARGET_MODULES,
+    optional_in_use=True,
     udev_rules=("55-dm.rules", "56-lvm.rules", "60-persistent-storage-dm.rules",
                 "95-dm-notify.rules"),
     python=("pyinit.storage.lvm", "pyinit.shutdown"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pyinit import prompt, storage
+from pyinit import cmdline, prompt, storage
 from pyinit.cmdline import parse
 from pyinit.rootspec import RootSpec
 from pyinit.storage import StorageError, flag, luks, lvm, mdraid
@@ -262,8 +262,8 @@ def test_storage_keys_for_stacks_the_image_lacks_are_named() -> None:
     assert storage.cmdline_errors(parse("rd.luks.uuid=bad"), list(storage.STACKS)) == [
         "rd.luks.uuid=bad: expected a UUID (8-4-4-4-12 hex digits, with or without the luks- "
         "prefix)"]
-    assert storage.key_stack("rd.lvm.lv") == "lvm" and storage.key_stack("luks") == "luks"
-    assert storage.key_stack("rd.lvmx") is None and storage.key_stack("rootflags") is None
+    assert cmdline.storage_stack("rd.lvm.lv") == "lvm" and cmdline.storage_stack("luks") == "luks"
+    assert cmdline.storage_stack("rd.lvmx") is None and cmdline.storage_stack("rootflags") is None
 
 
 def test_checking_keys_of_uncarried_stacks_imports_no_stack() -> None:
