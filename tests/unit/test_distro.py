@@ -236,33 +236,39 @@ def fake_boot_test(boot: Path, passes: bool,
     return boot_test
 
 
+def update_with_boot_test(kernel_tree: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+                          capsys: pytest.CaptureFixture[str], passes: bool,
+                          ) -> tuple[int, str, str, Path, list[str]]:
+    """--update KVER --boot-test with a boot test that PASSES or not: (exit status, stdout,
+    stderr, the image's path, the images the boot test saw)."""
+    boot, moddir = kernel_tree
+    seen: list[str] = []
+    monkeypatch.setattr(cli, "run_boot_test", fake_boot_test(boot, passes, seen))
+    code, out, err = update(capsys, boot, moddir, "--boot-test")
+    return code, out, err, boot / f"initrd.img-{KVER}", seen
+
+
 def test_update_with_a_failed_boot_test_keeps_the_previous_image(
         kernel_tree: tuple[Path, Path], fake_build: list[tuple[str, str]],
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    boot, moddir = kernel_tree
-    seen: list[str] = []
-    monkeypatch.setattr(cli, "run_boot_test", fake_boot_test(boot, False, seen))
-    code, _out, err = update(capsys, boot, moddir, "--boot-test")
-    image = boot / f"initrd.img-{KVER}"
+    code, _out, err, image, seen = update_with_boot_test(kernel_tree, monkeypatch, capsys,
+                                                         passes=False)
     assert (code, err) == (1, f"mkinitramfs.py: error: --update {KVER}: the new image failed "
                               "its boot test (boot failed in stage discover: no device "
                               f"matched); {image} is unchanged\n")
     assert len(seen) == 1 and image.read_bytes() == b"the previous image"
-    assert staged_names(boot) == [] and fake_build == []
+    assert staged_names(kernel_tree[0]) == [] and fake_build == []
 
 
 def test_update_with_a_passed_boot_test_replaces_the_image(
         kernel_tree: tuple[Path, Path], fake_build: list[tuple[str, str]],
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    boot, moddir = kernel_tree
-    seen: list[str] = []
-    monkeypatch.setattr(cli, "run_boot_test", fake_boot_test(boot, True, seen))
-    code, out, err = update(capsys, boot, moddir, "--boot-test")
-    image = boot / f"initrd.img-{KVER}"
+    code, out, err, image, seen = update_with_boot_test(kernel_tree, monkeypatch, capsys,
+                                                        passes=True)
     assert (code, err) == (0, ""), err
     assert out.startswith(f"{image}: ")
     assert len(seen) == 1 and image.read_bytes() == b"the new image"
-    assert staged_names(boot) == [] and fake_build == [(KVER, str(image))]
+    assert staged_names(kernel_tree[0]) == [] and fake_build == [(KVER, str(image))]
 
 
 def test_update_refuses_a_read_only_boot_before_building(
