@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+import marshal
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
+
+import pytest
 
 from pyinit.builder import pyruntime
 
@@ -44,8 +49,31 @@ def test_dataclass_modules_keep_docstrings(tmp_path: Path) -> None:
     holder = tmp_path / "holder.py"
     holder.write_text('"""module doc"""\nfrom dataclasses import dataclass\n\n\n'
                       '@dataclass\nclass A:\n    """class doc"""\n    x: int = 0\n')
-    assert b"module doc" not in pyruntime.pyc(str(plain), "plain.py")
-    assert b"class doc" in pyruntime.pyc(str(holder), "holder.py")
+    plain_pyc, holder_pyc = pyruntime.pycs(sys.executable, [(str(plain), "plain.py"),
+                                                            (str(holder), "holder.py")])
+    assert b"module doc" not in plain_pyc
+    assert b"class doc" in holder_pyc
+
+
+def test_pycs_load_and_carry_lines_but_no_columns(tmp_path: Path) -> None:
+    source = tmp_path / "mod.py"
+    source.write_text("def f(x):\n    return x.attr + 1\n")
+    [data] = pyruntime.pycs(sys.executable, [(str(source), "mod.py")])
+    assert data[:4] == importlib.util.MAGIC_NUMBER and data[4:8] == (1).to_bytes(4, "little")
+    assert data[8:16] == importlib.util.source_hash(source.read_bytes())
+    code = marshal.loads(data[16:])
+    f = next(c for c in code.co_consts if isinstance(c, types.CodeType))
+    positions = list(f.co_positions())
+    assert {line for line, _end, _col, _ecol in positions} == {1, 2}  # lines kept
+    assert all(col is None and ecol is None for _line, _end, col, ecol in positions)
+
+
+def test_a_python_that_cannot_compile_is_one_line(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("def (:\n")
+    with pytest.raises(pyruntime.RuntimeError_, match=r"compiling the init's modules failed: "
+                                                      r"SyntaxError"):
+        pyruntime.pycs(sys.executable, [(str(broken), "broken.py")])
 
 
 def test_only_real_dataclass_decorators_count() -> None:
