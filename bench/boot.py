@@ -17,6 +17,13 @@ the ratios of the default images to the others, their stage durations, and the r
 init's MemFree and Unevictable ("kept": ramfs pages of an initramfs nobody deleted;
 pyinit must keep none). A PNG chart is written next to this file.
 
+The "lvm on luks" rows boot Debian's "guided, encrypted LVM" layout (a LUKS2 partition,
+VG debian-vg with LVs root and swap_1; tests/vm/stackdisks.py, provisioned once and cached)
+unlocked with a key file, root=/dev/mapper/debian--vg-root: pyinit with --storage "luks
+lvm", the crypttab line and --luks-key; initramfs-tools with cryptsetup-initramfs (the same
+crypttab line, the key through KEYFILE_PATTERN) and lvm2; dracut --no-hostonly with its
+crypt and lvm modules, the key included and named by rd.luks.key=.
+
 The busybox floor is built here: static busybox, an /init that mounts /proc /sys /dev, loads
 the virtio modules with insmod, waits for the disk, mounts it and hands over with
 switch_root (6.1) or pivot_root (7.x).
@@ -42,7 +49,7 @@ from bench import build as buildbench  # noqa: E402
 from pyinit import early  # noqa: E402
 from pyinit.builder import compress, cpio, firmware  # noqa: E402
 from pyinit.builder.kmodules import ModuleTree  # noqa: E402
-from tests.vm import harness, kernels  # noqa: E402
+from tests.vm import harness, kernels, provision, stackdisks  # noqa: E402
 from tests.vm.conftest import DRIVERS  # noqa: E402
 
 FLOOR_INIT = """#!/bin/busybox sh
@@ -65,11 +72,26 @@ PIVOT_ROOT = ("cd /newroot && /bin/busybox pivot_root . . && exec /bin/busybox c
               "/bin/sh -c 'umount -l / 2>/dev/null; exec /sbin/init'")
 
 
+# Debian's "guided, encrypted LVM" (tests/vm/stackdisks.py), unlocked with a key file: the
+# root LV named as Debian names it, nothing about crypto on the command line for the tools
+# that carry a crypttab (pyinit, initramfs-tools); dracut without host-only reads none.
+PLAIN = "plain ext4"
+STACK = "lvm on luks"
+STACK_ROOT = "root=/dev/mapper/debian--vg-root"
+STACK_NAME = "vda1_crypt"
+STACK_DRACUT = (f"rd.luks.uuid={stackdisks.LUKS_UUID} rd.luks.key={stackdisks.KEY_PATH} "
+                "rd.lvm.lv=debian-vg/root")
+# What the reference tools are told to carry for the cipher (pyinit's luks stack carries
+# these itself: pyinit/storage/luks.py).
+CRYPTO_MODULES = ["dm_crypt", "xts", "aesni_intel", "algif_skcipher"]
+
+
 @dataclass
 class Series:
     image: str
     kernel: str
     cpus: int = 1
+    group: str = "plain ext4"  # ratios are taken within a group: PLAIN or STACK
     phases: list[float] = field(default_factory=list)
     totals: list[float] = field(default_factory=list)  # kernel start -> real init
     memfree_kb: list[int] = field(default_factory=list)
@@ -105,25 +127,55 @@ def floor_image(kernel: kernels.Kernel, path: str) -> None:
         fh.write(compress.compress(out.getvalue(), "zstd", 19))
 
 
+def stack_images(kernel: kernels.Kernel, tmp: str, skip: list[str]) -> dict[str, str]:
+    """pyinit, initramfs-tools and dracut images for STACK with the key file: each told
+    only what a user of that tool tells it (pyinit: the stacks, crypttab and key)."""
+    key = os.path.join(tmp, "root.key")
+    with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400), "wb") as fh:
+        fh.write(stackdisks.KEY)
+    images: dict[str, str] = {}
+    if "pyinit" not in skip:
+        crypttab = os.path.join(tmp, "crypttab")
+        with open(crypttab, "w", encoding="utf-8") as fh:
+            fh.write(f"{STACK_NAME} UUID={stackdisks.LUKS_UUID} {stackdisks.KEY_PATH} "
+                     "luks,discard,initramfs\n")
+        images["pyinit"] = f"{tmp}/stack-pyinit-{kernel.name}.img"
+        harness.build_image(images["pyinit"], kernel.moddir, kernel.kver,
+                            [*DRIVERS[kernel.name], "ext4"],
+                            extra=["--storage", "luks lvm", "--crypttab", crypttab,
+                                   "--luks-key", f"{key}:{stackdisks.KEY_PATH}"])
+    buildbench.MODULES[:] = [*DRIVERS[kernel.name], "ext4", *CRYPTO_MODULES]
+    if "initramfs-tools" not in skip:
+        images["initramfs-tools"] = f"{tmp}/stack-itools-{kernel.name}.img"
+        buildbench.bench_initramfs_tools(
+            kernel, images["initramfs-tools"], 1, tempfile.mkdtemp(dir=tmp),
+            buildbench.Crypt(STACK_NAME, stackdisks.LUKS_UUID, stackdisks.KEY))
+    if "dracut" not in skip:
+        images["dracut"] = f"{tmp}/stack-dracut-{kernel.name}.img"
+        buildbench.bench_dracut(kernel, images["dracut"], 1,
+                                ["--add", "crypt lvm", "--include", key, stackdisks.KEY_PATH])
+    return images
+
+
 def printk_time(log: str, text: str) -> float | None:
     m = re.search(r"^\[\s*(\d+\.\d+)\] " + re.escape(text), log, re.M)
     return float(m.group(1)) if m else None
 
 
-def boot_series(series: Series, kernel: kernels.Kernel, image: str, disk: harness.Disk,
-                runs: int, tmp: str, extra: str = "") -> None:
+def boot_series(series: Series, kernel: kernels.Kernel, image: str, disks: list[str],
+                root: str, runs: int, tmp: str, extra: str = "") -> None:
     series.size = os.path.getsize(image)
     for run in range(runs):
-        log = os.path.join(tmp, f"{series.image}-{kernel.name}-{series.cpus}-{run}.log"
-                           .replace(" ", "_"))
-        result = harness.boot(kernel.vmlinuz, image, [disk.path],
-                              f"console=ttyS0 panic=-1 root=UUID={disk.uuid} {extra}", log,
+        log = os.path.join(tmp, f"{series.group}-{series.image}-{kernel.name}-{series.cpus}-"
+                                f"{run}.log".replace(" ", "_"))
+        result = harness.boot(kernel.vmlinuz, image, disks,
+                              f"console=ttyS0 panic=-1 {root} {extra}", log,
                               timeout=300, cpus=series.cpus)
         start = printk_time(result.log, "Run /init as init process")
         end = printk_time(result.log, "pyinit-test: real init running")
         if start is None or end is None:
-            raise RuntimeError(f"{series.image} on {kernel.name} did not reach the real init; "
-                               f"see {log}")
+            raise RuntimeError(f"{series.image} ({series.group}) on {kernel.name} did not "
+                               f"reach the real init; see {log}")
         series.phases.append(end - start)
         series.totals.append(end)
         memfree = re.search(r"MEMINFO MemFree: (\d+)", result.log)
@@ -143,31 +195,28 @@ def versions() -> str:
 
 
 def report(all_series: list[Series]) -> str:
-    lines = [f"{'image':<18} {'kernel':<11} {'smp':>3} {'runs':>4} {'initrd s':>8} "
-             f"{'total s':>7} {'MB':>6} {'MemFree MB':>10} {'kept kB':>7}"]
+    lines = [f"{'root':<11} {'image':<18} {'kernel':<11} {'smp':>3} {'runs':>4} "
+             f"{'initrd s':>8} {'total s':>7} {'MB':>6} {'MemFree MB':>10} {'kept kB':>7}"]
     for s in all_series:
         mem = statistics.median(s.memfree_kb) / 1024 if s.memfree_kb else float("nan")
         kept = statistics.median(s.unevictable_kb) if s.unevictable_kb else float("nan")
-        lines.append(f"{s.image:<18} {s.kernel:<11} {s.cpus:>3} {len(s.phases):>4} "
+        lines.append(f"{s.group:<11} {s.image:<18} {s.kernel:<11} {s.cpus:>3} "
+                     f"{len(s.phases):>4} "
                      f"{statistics.median(s.phases):>8.2f} {statistics.median(s.totals):>7.2f} "
                      f"{s.size / 1e6:>6.2f} {mem:>10.1f} {kept:>7.0f}")
-    for kernel in sorted({s.kernel for s in all_series}):
-        for cpus in sorted({s.cpus for s in all_series}):
-            for name in RATIO_IMAGES:  # the defaults against every other image
-                mine = next((s for s in all_series if s.kernel == kernel and s.cpus == cpus
-                             and s.image == name), None)
-                if mine is None:
-                    continue
-                for other in all_series:
-                    if other.kernel == kernel and other.cpus == cpus and other is not mine \
-                            and other.image not in RATIO_IMAGES:
-                        initrd = statistics.median(mine.phases) / statistics.median(other.phases)
-                        total = statistics.median(mine.totals) / statistics.median(other.totals)
-                        lines.append(f"{kernel} smp {cpus}: {name} / {other.image} = initrd "
-                                     f"{initrd:.2f}, total {total:.2f}")
-                stages = ", ".join(f"{k} {statistics.median(v):.3f}"
-                                   for k, v in mine.stages.items())
-                lines.append(f"{kernel} smp {cpus}: {name} stages (median s): {stages}")
+    for kernel, cpus, group in sorted({(s.kernel, s.cpus, s.group) for s in all_series}):
+        peers = [s for s in all_series
+                 if s.kernel == kernel and s.cpus == cpus and s.group == group]
+        where = f"{kernel} smp {cpus}, {group}"
+        for mine in (s for s in peers if s.image in RATIO_IMAGES):  # defaults against others
+            for other in (s for s in peers if s.image not in RATIO_IMAGES):
+                initrd = statistics.median(mine.phases) / statistics.median(other.phases)
+                total = statistics.median(mine.totals) / statistics.median(other.totals)
+                lines.append(f"{where}: {mine.image} / {other.image} = initrd "
+                             f"{initrd:.2f}, total {total:.2f}")
+            stages = ", ".join(f"{k} {statistics.median(v):.3f}"
+                               for k, v in mine.stages.items())
+            lines.append(f"{where}: {mine.image} stages (median s): {stages}")
     return "\n".join(lines)
 
 
@@ -183,6 +232,7 @@ def chart(all_series: list[Series], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    all_series = [s for s in all_series if s.group == PLAIN]
     cpus = min(s.cpus for s in all_series)
     kernels_seen = sorted({s.kernel for s in all_series})
     images = list(dict.fromkeys(s.image for s in all_series))
@@ -209,7 +259,8 @@ def main() -> int:
     parser.add_argument("--kernel", choices=["debian-6.1", "debian-7", "both"], default="both")
     parser.add_argument("--skip", action="append", default=[],
                         help="leave out an image: busybox, initramfs-tools, dracut, \"pyinit "
-                             "host-only\", \"pyinit udevd\", \"no early\"")
+                             "host-only\", \"pyinit udevd\", \"no early\", or the stack "
+                             f"rows: \"{STACK}\"")
     parser.add_argument("--smp", default="1,2", help="vCPU counts to boot with (default 1,2)")
     parser.add_argument("--chart", default=os.path.join(REPO, "bench", "boot.png"))
     args = parser.parse_args()
@@ -223,6 +274,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pyinit-bootbench-") as tmp:
         harness.make_rootfs(f"{tmp}/root")
         disk = harness.make_ext4_disk(f"{tmp}/root.img", f"{tmp}/root")
+        stack_disks: list[str] = []
+        if STACK not in args.skip:  # made under the 7.x kernel, as the storage tests' are
+            made = provision.provision(
+                stackdisks.debian_layout(stackdisks.root_input(f"{tmp}/root")),
+                kernels.fetch_7x())
+            stack_disks = list(provision.copies(made, tmp).values())
         for kernel in chosen:
             images: dict[str, str] = {}
             drivers = [*DRIVERS[kernel.name], "ext4"]
@@ -243,15 +300,22 @@ def main() -> int:
                 images["dracut"] = f"{tmp}/dracut-{kernel.name}.img"
                 buildbench.MODULES[:] = [*DRIVERS[kernel.name], "ext4"]
                 buildbench.bench_dracut(kernel, images["dracut"], 1)
+            # (group, image name, image, disks, root=, extra command line)
+            runs = [(PLAIN, name, image, [disk.path], f"root=UUID={disk.uuid}", "")
+                    for name, image in images.items()]
+            if "pyinit" in images and "no early" not in args.skip:
+                runs.append((PLAIN, "pyinit no early", images["pyinit"], [disk.path],
+                             f"root=UUID={disk.uuid}", early.OFF))
+            if stack_disks:
+                for name, image in stack_images(kernel, tmp, args.skip).items():
+                    runs.append((STACK, name, image, stack_disks, STACK_ROOT,
+                                 STACK_DRACUT if name == "dracut" else ""))
             for cpus in (int(n) for n in args.smp.split(",")):
-                runs = [(name, image, "") for name, image in images.items()]
-                if "pyinit" in images and "no early" not in args.skip:
-                    runs.append(("pyinit no early", images["pyinit"], early.OFF))
-                for name, image, extra in runs:
-                    series = Series(name, kernel.name, cpus)
-                    boot_series(series, kernel, image, disk, args.runs, tmp, extra)
+                for group, name, image, disks, root, extra in runs:
+                    series = Series(name, kernel.name, cpus, group)
+                    boot_series(series, kernel, image, disks, root, args.runs, tmp, extra)
                     all_series.append(series)
-                    print(f"{name} on {kernel.name}, smp {cpus}: median initrd "
+                    print(f"{name} ({group}) on {kernel.name}, smp {cpus}: median initrd "
                           f"{statistics.median(series.phases):.2f} s, total "
                           f"{statistics.median(series.totals):.2f} s", flush=True)
     print(versions() + "; kernels " + ", ".join(k.kver for k in chosen))

@@ -53,7 +53,9 @@ class Row:
 
 def ensure_tools() -> None:
     missing = [pkg for tool, pkg in (("/usr/sbin/mkinitramfs", "initramfs-tools"),
-                                     ("/usr/bin/dracut", "dracut-core"))
+                                     ("/usr/bin/dracut", "dracut-core"),
+                                     ("/usr/share/initramfs-tools/hooks/cryptroot",
+                                      "cryptsetup-initramfs"))
                if not os.path.exists(tool)]
     if missing:
         subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
@@ -110,6 +112,10 @@ mkdir -p /lib/modules/$KVER
 mount --bind "$MODDIR" /lib/modules/$KVER
 mount -t tmpfs bench /boot
 cp "$MODDIR/config" /boot/config-$KVER
+if [ -n "$CRYPTDIR" ]; then
+  mount --bind "$CRYPTDIR/crypttab" /etc/crypttab
+  mount --bind "$CRYPTDIR" /etc/cryptsetup-initramfs
+fi
 for i in $(seq $RUNS); do
   start=$(date +%s.%N)
   /usr/sbin/mkinitramfs -d "$CONFDIR" -o "$OUT" "$KVER" >/dev/null 2>&1
@@ -119,7 +125,40 @@ done
 """
 
 
-def bench_initramfs_tools(kernel: kernels.Kernel, out: str, runs: int, tmp: str) -> Row:
+@dataclass
+class Crypt:
+    """A LUKS volume for initramfs-tools' cryptroot hook: its /etc/crypttab line names the
+    key as KEY_DIR/NAME.key, and the conf-hook's KEYFILE_PATTERN carries it. Both are bind
+    mounts in the benchmark's namespace: the host's files are never touched."""
+
+    name: str
+    uuid: str
+    key: bytes
+
+
+# The cryptroot hook reads its conf-hook here; the benchmark's own directory covers it.
+KEY_DIR = "/etc/cryptsetup-initramfs"
+
+
+def crypt_dir(crypt: Crypt, tmp: str) -> str:
+    directory = tempfile.mkdtemp(dir=tmp)
+    os.chmod(directory, 0o700)
+    key = f"{KEY_DIR}/{crypt.name}.key"
+    files = {"crypttab": f"{crypt.name} UUID={crypt.uuid} {key} luks,discard,initramfs\n",
+             "conf-hook": f'KEYFILE_PATTERN="{KEY_DIR}/*.key"\nUMASK=0077\n'}
+    for name, text in files.items():
+        with open(os.path.join(directory, name), "w", encoding="utf-8") as fh:
+            fh.write(text)
+    with open(os.open(os.path.join(directory, f"{crypt.name}.key"),
+                      os.O_WRONLY | os.O_CREAT, 0o400), "wb") as fh:
+        fh.write(crypt.key)
+    return directory
+
+
+def bench_initramfs_tools(kernel: kernels.Kernel, out: str, runs: int, tmp: str,
+                          crypt: Crypt | None = None) -> Row:
+    """initramfs-tools with MODULES; with CRYPT, cryptsetup-initramfs unlocks it (lvm2's
+    hook and udev rules, always there when lvm2 is installed, activate what is on it)."""
     confdir = os.path.join(tmp, "initramfs-tools")
     shutil.copytree("/etc/initramfs-tools", confdir)
     with open(os.path.join(confdir, "initramfs.conf"), "a", encoding="utf-8") as fh:
@@ -129,9 +168,13 @@ def bench_initramfs_tools(kernel: kernels.Kernel, out: str, runs: int, tmp: str)
     created = [d for d in ("/lib/modules", "/boot") if not os.path.isdir(d)]
     for directory in created:
         os.makedirs(directory)  # mount points, covered by tmpfs inside the namespace
+    if crypt is not None and not os.path.isfile("/etc/crypttab"):
+        raise RuntimeError("initramfs-tools with LUKS: expected /etc/crypttab (the cryptsetup "
+                           "package's) to bind the benchmark's over, found none")
     try:
         env = {**os.environ, "KVER": kernel.kver, "MODDIR": kernel.moddir, "CONFDIR": confdir,
-               "OUT": out, "RUNS": str(runs)}
+               "OUT": out, "RUNS": str(runs),
+               "CRYPTDIR": crypt_dir(crypt, tmp) if crypt is not None else ""}
         done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
                                NAMESPACE_SCRIPT], capture_output=True, text=True, env=env,
                               check=False)
@@ -147,10 +190,11 @@ def bench_initramfs_tools(kernel: kernels.Kernel, out: str, runs: int, tmp: str)
     return row
 
 
-def bench_dracut(kernel: kernels.Kernel, out: str, runs: int) -> Row:
+def bench_dracut(kernel: kernels.Kernel, out: str, runs: int,
+                 extra: list[str] | None = None) -> Row:
     argv = ["dracut", "--quiet", "--force", "--no-hostonly", "--kver", kernel.kver,
             "--kmoddir", kernel.moddir, "--add-drivers", " ".join(MODULES),
-            "--compress", "zstd", out]
+            "--compress", "zstd", *(extra or []), out]
     row = Row("dracut")
     for _ in range(runs):
         row.times.append(timed(argv))

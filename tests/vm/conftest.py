@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +43,6 @@ class Setup:
 def root_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tree = tmp_path_factory.mktemp("rootfs")
     harness.make_rootfs(str(tree))
-    shutil.copy(tree / "sbin/init", tree / "sbin/altinit")
     return tree
 
 

@@ -81,11 +81,12 @@ def make_rootfs(directory: str, init_name: str = "sbin/init") -> None:
         link = os.path.join(directory, "bin", applet)
         if not os.path.lexists(link):
             os.symlink("busybox", link)
-    init = os.path.join(directory, init_name)
-    os.makedirs(os.path.dirname(init), exist_ok=True)
-    with open(init, "w", encoding="utf-8") as fh:
-        fh.write(TEST_INIT)
-    os.chmod(init, 0o755)
+    for name in (init_name, "sbin/altinit"):  # altinit: for init= tests
+        init = os.path.join(directory, name)
+        os.makedirs(os.path.dirname(init), exist_ok=True)
+        with open(init, "w", encoding="utf-8") as fh:
+            fh.write(TEST_INIT)
+        os.chmod(init, 0o755)
     with open(os.path.join(directory, "etc/os-release"), "w", encoding="utf-8") as fh:
         fh.write("ID=pyinit-test\n")
     with open(os.path.join(directory, "sbin/hibernate"), "w", encoding="utf-8") as fh:
