@@ -1,33 +1,33 @@
-"""The hardware first: /init mounts the API filesystems and starts a child that loads the
+"""The hardware first: /init mounts the API filesystems and starts a thread that loads the
 modules for the devices that exist (coldplug, rd.driver.pre first), before the init imports
-its logging and udev libraries. With more than one CPU the kernel probes the disks while
-Python imports; the modules stage collects what the child did and logs it.
+its logging and udev libraries. finit_module runs without the interpreter lock (cffi drops
+it around C calls), so with more than one CPU the kernel probes the disks while Python
+imports; with one, the work is the same as loading after the imports. The modules stage
+collects what the thread did and logs it.
 
-The child needs only what is imported here (os, the cffi module, the module index), so the
-fork costs no import twice. What it did comes back as JSON on a pipe: the events it would
-have logged, the modules it loaded, the devices it looked at, and an error if it failed (the
-modules stage then fails with it, and a retried stage loads in process).
+The thread needs only what is imported here (os, the cffi module, the module index). A
+thread, not a child process: a fork under qemu TCG pays a copy-on-write fault for every
+page the importing parent touches (measured: up to 1.2 s on one vCPU), and a thread shares
+what it found without a pipe. What it did comes back as a Done: the events it would have
+logged, the modules it loaded, the devices it looked at, and an error if it failed (the
+modules stage then fails with it, and a retried stage loads in the init itself).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import select
-import signal
-import time
+import threading
 from typing import Any, NamedTuple
 
 from pyinit import cmdline, coldplug, kmod, syscalls
 
 COLLECT_TIMEOUT = 300.0  # module loads that hang the kernel for this long are a failure too
-KILL_WAIT = 5.0  # seconds a killed child may take to go (one stuck in the kernel does not)
 # Stages the person asked to stop before: nothing may load ahead of them.
 BREAKS_BEFORE_LOADING = ("cmdline", "modules")
 
 
 class Done(NamedTuple):
-    """What the early child did."""
+    """What the early thread did."""
 
     events: list[tuple[str, dict[str, Any]]]
     loaded: list[str]
@@ -36,12 +36,13 @@ class Done(NamedTuple):
 
 
 def nothing() -> Done:
-    """No child ran (or its report was collected): the modules stage does all the loading.
-    A new value each time: the stage updates SEEN."""
+    """No thread ran (or its report was collected): the modules stage does all the
+    loading. A new value each time: the stage updates SEEN."""
     return Done([], [], {}, None)
 
 
-_CHILD: list[tuple[int, int]] = []  # (pid, read end) of the running child
+# The running thread and where it leaves its Done.
+_RUNNING: list[tuple[threading.Thread, list[Done]]] = []
 
 
 def mount_api() -> None:
@@ -80,7 +81,8 @@ class _Skipped(Exception):
     """rd.break asks for the console before anything loads."""
 
 
-def _child(write_end: int) -> None:
+def load(report: list[Done]) -> None:
+    """The thread's body: rd.driver.pre, then coldplug; what it did appended to REPORT."""
     events: list[tuple[str, dict[str, Any]]] = []
     loader: kmod.Loader | None = None
     seen: dict[str, str] = {}
@@ -98,14 +100,10 @@ def _child(write_end: int) -> None:
         pass
     except Exception as err:  # reported to the modules stage, which fails with it
         error = getattr(err, "strerror", None) or f"{type(err).__name__}: {err}"
-    result = {"events": events, "loaded": loader.loaded_here if loader else [],
-              "seen": seen, "error": error}
-    data = json.dumps(result, default=str).encode()
-    while data:
-        data = data[os.write(write_end, data):]
+    report.append(Done(events, loader.loaded_here if loader else [], seen, error))
 
 
-OFF = "pyinit.early=0"  # on the kernel command line: no early child (to compare boots)
+OFF = "pyinit.early=0"  # on the kernel command line: no early thread (to compare boots)
 
 
 def wanted(proc_cmdline: str = "/proc/cmdline") -> bool:
@@ -116,77 +114,31 @@ def wanted(proc_cmdline: str = "/proc/cmdline") -> bool:
 
 
 def start() -> None:
-    """Fork the coldplug child (PID 1's mounts first). Never raises: when anything fails
+    """Start the coldplug thread (PID 1's mounts first). Never raises: when anything fails
     here the init's own run meets it again, with its logging and failure path in place,
     and the modules stage does all the loading."""
     try:
         mount_api()
         if not wanted():
             return
-        read_end, write_end = os.pipe()
+        report: list[Done] = []
+        thread = threading.Thread(target=load, args=(report,), name="pyinit-early",
+                                  daemon=True)
+        thread.start()
     except Exception:
         return
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(read_end)
-        os.close(write_end)
-        return
-    if pid == 0:
-        try:
-            os.close(read_end)
-            _child(write_end)
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    _CHILD.append((pid, read_end))
+    _RUNNING.append((thread, report))
 
 
 def collect(timeout: float = COLLECT_TIMEOUT) -> Done:
-    """What the child did (nothing() when none ran, or once collected)."""
-    if not _CHILD:
+    """What the thread did (nothing() when none ran, or once collected)."""
+    if not _RUNNING:
         return nothing()
-    pid, read_end = _CHILD.pop()
-    deadline = time.monotonic() + timeout
-    chunks = []
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([read_end], [], [], left)[0]:
-                os.kill(pid, signal.SIGKILL)
-                status = "" if _reap(pid, KILL_WAIT) else (
-                    f"; the child (pid {pid}) is still there {KILL_WAIT:g} s after SIGKILL, "
-                    "stuck in the kernel")
-                pid = 0
-                return Done([], [], {}, f"loading the coldplug modules took more than "
-                                        f"{timeout:g} s{status}")
-            chunk = os.read(read_end, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(read_end)
-        if pid:
-            _reap(pid, KILL_WAIT)
-    if not chunks:
-        return Done([], [], {}, "the coldplug child ended without a report (it crashed)")
-    try:
-        result = json.loads(b"".join(chunks))
-        return Done([(e, f) for e, f in result["events"]], result["loaded"], result["seen"],
-                    result["error"])
-    except (ValueError, KeyError, TypeError) as err:
-        return Done([], [], {}, f"the coldplug child's report is unreadable: {err}")
-
-
-def _reap(pid: int, timeout: float) -> bool:
-    """Wait up to TIMEOUT for PID to end; whether it did (or was reaped already)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return True
-        except ChildProcessError:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.01)
+    thread, report = _RUNNING.pop()
+    thread.join(timeout)
+    if thread.is_alive():
+        return Done([], [], {}, f"loading the coldplug modules took more than {timeout:g} s "
+                                "(a module's load is stuck in the kernel)")
+    if not report:
+        return Done([], [], {}, "the coldplug thread ended without a report")
+    return report[0]

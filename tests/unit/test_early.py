@@ -1,55 +1,60 @@
-"""The early coldplug child and what the modules stage collects from it: its report over
-the pipe, its failure, and a child that never answers."""
+"""The early coldplug thread and what the modules stage collects from it: its report, its
+failure, and a thread that never ends."""
 
 from __future__ import annotations
 
-import os
+import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
-from pyinit import early, kmod
+from pyinit import coldplug, early, kmod
+from pyinit.modindex import ModuleIndex
 
 
-def fork_child(body: object) -> None:
-    """A child as early.start() makes one, running BODY(write_end) instead of _child."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read_end)
-            body(write_end)  # type: ignore[operator]
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    early._CHILD.append((pid, read_end))
+def run(body: Callable[[list[early.Done]], None]) -> threading.Thread:
+    """A thread as early.start() makes one, running BODY(report) instead of early.load."""
+    report: list[early.Done] = []
+    thread = threading.Thread(target=body, args=(report,), daemon=True)
+    thread.start()
+    early._RUNNING.append((thread, report))
+    return thread
 
 
-def test_the_child_reports_what_it_saw_and_did() -> None:
+def test_the_thread_reports_what_it_saw_and_did() -> None:
     # On the test machine: no module index (nothing to load), the host's sysfs to look at.
-    fork_child(early._child)
+    run(early.load)
     done = early.collect(timeout=60)
     assert done.error is None and done.loaded == []
     assert done.seen and all("/" in key for key in done.seen)  # bus/device names
     assert early.collect() == early.nothing()  # collected once
 
 
-def test_a_failing_child_fails_the_stage_with_its_words(
+def test_a_failing_load_fails_the_stage_with_its_words(
         monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse() -> None:
         raise kmod.ModuleError(2, "this image was built for 9.9, the kernel is 7.2")
 
     monkeypatch.setattr(kmod, "running_kernel_index", refuse)
-    fork_child(early._child)
+    run(early.load)
     assert early.collect(timeout=60).error == "this image was built for 9.9, the kernel is 7.2"
 
 
-def test_a_child_that_never_answers_is_ended() -> None:
-    fork_child(lambda _fd: time.sleep(60))
+def test_a_thread_that_never_ends_is_not_waited_for() -> None:
+    stop = threading.Event()
+
+    def stuck(_report: list[early.Done]) -> None:
+        stop.wait(60)
+
+    thread = run(stuck)
     start = time.monotonic()
     done = early.collect(timeout=0.3)
     assert time.monotonic() - start < 10
-    assert done.error == "loading the coldplug modules took more than 0.3 s"
+    assert done.error == ("loading the coldplug modules took more than 0.3 s (a module's "
+                          "load is stuck in the kernel)")
+    stop.set()
+    thread.join()
 
 
 def test_nothing_is_a_fresh_value_each_time() -> None:
@@ -58,27 +63,30 @@ def test_nothing_is_a_fresh_value_each_time() -> None:
     assert early.nothing().seen == {}
 
 
-def test_a_child_that_dies_without_a_report_is_named() -> None:
-    fork_child(lambda _fd: os._exit(3))
-    assert early.collect(timeout=60).error == (
-        "the coldplug child ended without a report (it crashed)")
+def test_a_thread_that_ends_without_a_report_is_named() -> None:
+    run(lambda _report: None)  # as a BaseException past load()'s except Exception would
+    assert early.collect(timeout=60).error == "the coldplug thread ended without a report"
 
 
-def test_a_child_that_outlives_sigkill_does_not_hang_pid_1(
+def test_start_loads_beside_the_caller_and_collect_gets_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # A module load stuck in the kernel (state D) survives SIGKILL: the wait is bounded.
-    fork_child(lambda _fd: time.sleep(60))
-    pid = early._CHILD[-1][0]
-    real_waitpid = os.waitpid
-    monkeypatch.setattr(early, "KILL_WAIT", 0.2)
-    monkeypatch.setattr(os, "waitpid", lambda p, flags: (0, 0))  # never ends
-    start = time.monotonic()
-    done = early.collect(timeout=0.2)
-    assert time.monotonic() - start < 5
-    assert done.error is not None and "still there 0.2 s after SIGKILL" in done.error
-    monkeypatch.setattr(os, "waitpid", real_waitpid)
-    os.kill(pid, 9)
-    real_waitpid(pid, 0)
+    monkeypatch.setattr(early, "mount_api", lambda: None)
+    monkeypatch.setattr(early, "wanted", lambda: True)
+    loading = threading.Event()
+    release = threading.Event()
+
+    def slow_coldplug(loader: kmod.Loader, seen: dict[str, str]) -> None:
+        loading.set()
+        assert release.wait(30)
+        seen["virtio/virtio0"] = "virtio:d00000002v00001AF4"
+
+    monkeypatch.setattr(coldplug, "coldplug", slow_coldplug)
+    monkeypatch.setattr(kmod, "running_kernel_index", lambda: ModuleIndex("/nonexistent"))
+    early.start()
+    assert loading.wait(30)  # start() returned while the load runs
+    release.set()
+    done = early.collect(timeout=30)
+    assert done.error is None and done.seen == {"virtio/virtio0": "virtio:d00000002v00001AF4"}
 
 
 def test_rd_break_before_the_modules_loads_nothing_early(
@@ -91,7 +99,7 @@ def test_rd_break_before_the_modules_loads_nothing_early(
         raise AssertionError("the index was read: something would have loaded")
 
     monkeypatch.setattr(kmod, "running_kernel_index", never)
-    fork_child(early._child)
+    run(early.load)
     done = early.collect(timeout=60)
     assert done.error is None and done.loaded == [] and done.seen == {}
     assert done.events == [("early_skipped", {"reason": "rd.break before the modules"})]
