@@ -47,6 +47,20 @@ def raid1_recipe(root_input: provision.Input) -> provision.Recipe:
                   "/sbin/mdadm --stop /dev/md0\n", root_input)
 
 
+def raid1_luks_lvm(root_input: provision.Input) -> provision.Recipe:
+    """RAID1 of two disks, LUKS2 on the array, VG stackvg with LV root on that."""
+    return recipe("raid1-luks-lvm", [provision.Disk("a", 100), provision.Disk("b", 100)],
+                  "/sbin/mdadm --create /dev/md0 --run --level=1 --raid-devices=2 "
+                  "--metadata=1.2 --assume-clean /dev/vda /dev/vdb\n"
+                  + luks_format("/dev/md0", STACK_LUKS_UUID) + luks_open("/dev/md0", "mdcrypt")
+                  + "/sbin/lvm pvcreate -y /dev/mapper/mdcrypt\n"
+                  "/sbin/lvm vgcreate -y stackvg /dev/mapper/mdcrypt\n"
+                  "/sbin/lvm lvcreate -y -L 48M -n root stackvg\n"
+                  "/bin/busybox dd if=/dev/vdc of=/dev/stackvg/root bs=1M\n"
+                  "/sbin/lvm vgchange -an stackvg\n/sbin/cryptsetup close mdcrypt\n"
+                  "/sbin/mdadm --stop /dev/md0\n", root_input)
+
+
 def debian_layout(root_input: provision.Input) -> provision.Recipe:
     """Debian's "guided, encrypted LVM": a LUKS partition, VG debian-vg, LVs root, swap_1."""
     return recipe("debian-layout", [provision.Disk("d", 300, [("cryptlvm", 0)])],
@@ -81,16 +95,13 @@ def recipes(root_input: provision.Input) -> list[provision.Recipe]:
                + "/bin/busybox dd if=/dev/vdb of=/dev/mapper/inner bs=1M\n"
                "/sbin/cryptsetup close inner\n/sbin/lvm vgchange -an vg0\n", root_input),
         raid1_recipe(root_input),
-        recipe("raid1-luks-lvm", [provision.Disk("a", 100), provision.Disk("b", 100)],
-               "/sbin/mdadm --create /dev/md0 --run --level=1 --raid-devices=2 "
-               "--metadata=1.2 --assume-clean /dev/vda /dev/vdb\n"
-               + luks_format("/dev/md0", STACK_LUKS_UUID) + luks_open("/dev/md0", "mdcrypt")
-               + "/sbin/lvm pvcreate -y /dev/mapper/mdcrypt\n"
-               "/sbin/lvm vgcreate -y stackvg /dev/mapper/mdcrypt\n"
-               "/sbin/lvm lvcreate -y -L 48M -n root stackvg\n"
-               "/bin/busybox dd if=/dev/vdc of=/dev/stackvg/root bs=1M\n"
-               "/sbin/lvm vgchange -an stackvg\n/sbin/cryptsetup close mdcrypt\n"
+        # RAID0: with a member missing it cannot run even degraded.
+        recipe("raid0", [provision.Disk("a", 32), provision.Disk("b", 32)],
+               "/sbin/mdadm --create /dev/md0 --run --level=0 --raid-devices=2 "
+               "--metadata=1.2 /dev/vda /dev/vdb\n"
+               "/bin/busybox dd if=/dev/vdc of=/dev/md0 bs=1M\n"
                "/sbin/mdadm --stop /dev/md0\n", root_input),
+        raid1_luks_lvm(root_input),
         # A btrfs whose top level holds only subvolumes: the root is in @, as on Ubuntu.
         recipe("btrfs-subvol", [provision.Disk("d", 160), provision.Disk("e", 130),
                                 provision.Disk("f", 130)],

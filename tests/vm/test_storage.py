@@ -4,6 +4,7 @@ a provisioning VM (tests/vm/provision.py) and cached by recipe."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -38,6 +39,12 @@ def raid1_61(kernel61: Kernel, root_input: provision.Input) -> dict[str, str]:
     refused by 6.1 ("md: vda does not have a valid v1.2 superblock"), as on a machine that
     goes back to an older kernel after a newer one ran the array."""
     return provision.provision(stackdisks.raid1_recipe(root_input), kernel61)
+
+
+@pytest.fixture(scope="session")
+def raid1_luks_lvm_61(kernel61: Kernel, root_input: provision.Input) -> dict[str, str]:
+    """RAID1 -> LUKS -> LVM made under the 6.1 kernel (see raid1_61)."""
+    return provision.provision(stackdisks.raid1_luks_lvm(root_input), kernel61)
 
 
 @pytest.fixture(scope="session")
@@ -185,6 +192,27 @@ def test_lvm_on_luks_and_a_degraded_raid1_on_the_6_1_kernel(
     assert raid.events("md_degraded") and "[U_]" in "".join(raid.lines("MDSTAT"))
 
 
+@pytest.mark.parametrize(("recipe", "names", "cmdline", "expect"), [
+    ("luks1", ["d"], f"rd.luks.uuid={LUKS1_UUID} rd.luks.key={KEY_PATH}", "luks_unlocked"),
+    ("luks-on-lvm", ["d"], f"rd.luks.uuid={INNER_LUKS_UUID} rd.luks.key={KEY_PATH}",
+     "luks_unlocked"),
+    ("raid1-luks-lvm", ["a", "b"], f"rd.luks.uuid={STACK_LUKS_UUID} rd.luks.key={KEY_PATH}",
+     "lvm_activated"),
+    ("btrfs-subvol", ["d"], "rootflags=subvol=@", "root_mounted"),
+])
+def test_the_other_stacks_on_the_6_1_kernel(
+        kernel61: Kernel, storage_image61: str, disks: dict[str, dict[str, str]],
+        raid1_luks_lvm_61: dict[str, str], tmp_path: Path, recipe: str, names: list[str],
+        cmdline: str, expect: str) -> None:
+    paths = raid1_luks_lvm_61 if recipe == "raid1-luks-lvm" else disks[recipe]
+    root = "LABEL=subvolroot" if recipe == "btrfs-subvol" else f"UUID={ROOT_UUID}"
+    result = boot(kernel61, storage_image61, copies(paths, tmp_path, *names),
+                  f"root={root} {cmdline}", tmp_path)
+    assert "TESTINIT done" in result.log, result.log[-3000:]
+    assert result.events(expect)
+    assert [e["method"] for e in result.events("switch_root")] == ["move"]
+
+
 def test_luks_on_lvm(kernel7: Kernel, storage_image: str, disks: dict[str, dict[str, str]],
                      tmp_path: Path) -> None:
     result = boot(kernel7, storage_image, copies(disks["luks-on-lvm"], tmp_path, "d"),
@@ -214,6 +242,18 @@ def test_raid1_with_a_disk_missing_boots_degraded(kernel7: Kernel, storage_image
     assert degraded and degraded[0]["present"] == "/dev/vda" and degraded[0]["missing"] == "1"
     assert degraded[0]["missing_slots"] == "1"  # the member that was /dev/vdb
     assert "[U_]" in "".join(result.lines("MDSTAT"))
+
+
+def test_an_array_that_cannot_start_even_degraded_is_in_the_picture(
+        kernel7: Kernel, storage_image: str, disks: dict[str, dict[str, str]],
+        tmp_path: Path) -> None:
+    result = boot(kernel7, storage_image, copies(disks["raid0"], tmp_path, "a"),
+                  f"root=UUID={ROOT_UUID} rd.timeout=9", tmp_path)
+    refused = result.events("md_not_started")
+    assert refused and refused[0]["array"].startswith("/dev/md"), result.log[-3000:]
+    assert re.search(r"boot failed in stage discover: .*arrays inactive: /dev/md\S+ \(UUID "
+                     r"[0-9a-f:]+, members seen: /dev/vda\)", result.log), result.log[-3000:]
+    assert "reboot: Power down" in result.log and "Attempted to kill init" not in result.log
 
 
 def test_raid1_then_luks_then_lvm(kernel7: Kernel, storage_image: str,
