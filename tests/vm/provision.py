@@ -32,7 +32,7 @@ from tests.vm import harness, kernels
 CACHE = os.path.join(kernels.CACHE, "disks")
 TOOLS = ("/sbin/cryptsetup", "/sbin/lvm", "/sbin/mdadm", "/sbin/mke2fs", "/sbin/mkswap",
          "/sbin/mkfs.btrfs", "/bin/btrfs", "/sbin/dmsetup", "/sbin/sgdisk")
-MODULES = ("virtio_blk", "virtio_pci", "dm_mod", "dm_crypt", "md_mod", "raid1", "btrfs",
+MODULES = ("virtio_blk", "virtio_pci", "dm_mod", "dm_crypt", "md_mod", "raid0", "raid1", "btrfs",
            "aesni_intel", "algif_skcipher", "xts", "ext4")
 VERSION = "3"  # bump when the tool image or the cache layout changes
 
