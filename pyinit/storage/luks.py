@@ -118,6 +118,29 @@ def keyslots(header: bytes) -> tuple[int, list[Keyslot]]:
     return 2, found
 
 
+INTEGRITY_MODULES = ("dm_integrity",)  # only for a LUKS2 volume with authenticated encryption
+
+
+def uses_integrity(header: bytes) -> bool:
+    """Whether a LUKS2 header (checked by keyslots) has a segment with integrity."""
+    if struct.unpack(">H", header[6:8])[0] != 2:
+        return False
+    size = struct.unpack(">Q", header[8:16])[0]
+    try:
+        segments = json.loads(header[4096:size].split(b"\0", 1)[0])["segments"]
+        return any(isinstance(s, dict) and "integrity" in s for s in segments.values())
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def needs_for(header: bytes) -> Needs:
+    """The modules to load for the volume with HEADER: dm_integrity (0.25 s under TCG with
+    its dependencies) only when a segment has integrity."""
+    skip = () if uses_integrity(header) else INTEGRITY_MODULES
+    return Needs(modules=NEEDS.modules,
+                 optional_modules=tuple(m for m in NEEDS.optional_modules if m not in skip))
+
+
 def read_header(node: str) -> bytes:
     """The first 16 KiB, and the whole LUKS2 binary+JSON header when it is larger."""
     with open(node, "rb") as fh:
@@ -346,14 +369,15 @@ class Luks:
 
     def unlock(self, dev: BlockDevice, volume: Volume) -> None:
         run_dir(RUN)
-        self.env.load_modules(NEEDS, f"LUKS {dev.node}")
         try:
-            version, slots = keyslots(read_header(volume.options.get("header") or dev.node))
+            header = read_header(volume.options.get("header") or dev.node)
+            version, slots = keyslots(header)
         except OSError as err:
             raise StorageError(f"{dev.node}: cannot read its LUKS header: {err.strerror}") \
                 from err
         except StorageError as err:
             raise StorageError(f"{dev.node} ({volume.name}): {err}") from err
+        self.env.load_modules(needs_for(header), f"LUKS {dev.node}")
         fits = usable_slots(dev.node, slots, mem_available_kib())
         argv = [CRYPTSETUP, "open", "--type", f"luks{version}", dev.node, volume.name]
         if "discard" in volume.options:

@@ -3,6 +3,7 @@ command line, LVM names, mdadm's report, and the passphrase prompt on a pseudo-t
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pyinit import cmdline, prompt, storage
+from pyinit import cmdline, command, prompt, storage
 from pyinit.cmdline import parse
 from pyinit.rootspec import RootSpec
 from pyinit.storage import StorageError, flag, luks, lvm, mdraid
@@ -317,3 +318,45 @@ def test_the_prompt_gives_up_when_nobody_answers() -> None:
         prompt.ask_secret("Passphrase", ["/nonexistent/tty"], timeout=0.3)
     os.close(master)
     os.close(slave)
+
+
+def test_lvm_loads_the_targets_its_volumes_use_and_no_others() -> None:
+    loaded: list[str] = []
+
+    class Env:
+        options = cmdline.parse("root=/dev/mapper/debian--vg-root")
+        udev_running = False
+
+        def load_modules(self, needs: storage.Needs, reason: str) -> None:
+            loaded.extend([*needs.modules, *needs.optional_modules])
+
+        def run(self, argv: list[str], check: bool = True) -> command.Done:
+            if "lvs" in argv:
+                return command.Done(0, b"debian-vg|root|linear|0\ndebian-vg|swap_1|linear|0\n"
+                                       b"debian-vg|cache0|cache|0\n", b"")
+            return command.Done(0, b"", b"")
+
+        def before_activation(self) -> None:
+            pass
+
+        def emit(self, event: str, **fields: object) -> None:
+            pass
+
+    handler = lvm.Lvm(Env())  # type: ignore[arg-type]
+    assert handler.activate(degraded=False)
+    assert loaded == ["dm_mod", "dm_cache", "dm_cache_smq"]  # linear: dm_mod's own
+
+
+def luks2_header(segments: dict[str, object]) -> bytes:
+    area = json.dumps({"keyslots": {}, "segments": segments}).encode()
+    return (luks.LUKS_MAGIC + (2).to_bytes(2, "big") + (16384).to_bytes(8, "big")
+            + b"\0" * (4096 - 16) + area + b"\0" * (12288 - len(area)))
+
+
+def test_dm_integrity_loads_only_for_a_volume_with_integrity() -> None:
+    plain = luks.needs_for(luks2_header({"0": {"type": "crypt", "encryption": "aes-xts"}}))
+    assert "dm_integrity" not in plain.optional_modules and "xts" in plain.optional_modules
+    assert plain.modules == ("dm_crypt",)
+    authenticated = luks.needs_for(luks2_header(
+        {"0": {"type": "crypt", "integrity": {"type": "hmac(sha256)"}}}))
+    assert "dm_integrity" in authenticated.optional_modules
