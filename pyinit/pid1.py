@@ -62,24 +62,16 @@ def end_children(grace: float = 2.0, kill_wait: float = 5.0) -> tuple[int, list[
     waiting at most KILL_WAIT seconds more: a child stuck in the kernel (state D) cannot
     hang PID 1. Returns how many there were and what was still there at the end."""
     pids = children()
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while children() and time.monotonic() < deadline:
-        reap()
-        time.sleep(0.02)
-    for pid in children():
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + kill_wait
-    while children() and time.monotonic() < deadline:
-        reap()
-        time.sleep(0.02)
+    for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, kill_wait)):
+        for pid in children():
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while children() and time.monotonic() < deadline:
+            reap()
+            time.sleep(0.02)
     reap()
     return len(pids), [describe(pid) for pid in children()]
 

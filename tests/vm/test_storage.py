@@ -88,13 +88,19 @@ def copies(paths: dict[str, str], tmp_path: Path, *names: str) -> list[str]:
     return [copied[n] for n in names]
 
 
+def luks2_prompt(kernel7: Kernel, storage_image: str, disks: dict[str, dict[str, str]],
+                 tmp_path: Path) -> harness.InteractiveVM:
+    """A boot of the LUKS2 disk that asks for the passphrase on the serial console."""
+    return harness.InteractiveVM(kernel7.vmlinuz, storage_image,
+                                 copies(disks["luks2"], tmp_path, "d"),
+                                 f"console=ttyS0 panic=-1 {UNATTENDED} root=UUID={ROOT_UUID} "
+                                 f"rd.luks.uuid={LUKS_UUID}", str(tmp_path))
+
+
 def test_luks2_passphrase_wrong_then_right(kernel7: Kernel, storage_image: str,
                                            disks: dict[str, dict[str, str]],
                                            tmp_path: Path) -> None:
-    vm = harness.InteractiveVM(kernel7.vmlinuz, storage_image,
-                               copies(disks["luks2"], tmp_path, "d"),
-                               f"console=ttyS0 {UNATTENDED} root=UUID={ROOT_UUID} "
-                               f"rd.luks.uuid={LUKS_UUID}", str(tmp_path))
+    vm = luks2_prompt(kernel7, storage_image, disks, tmp_path)
     try:
         vm.expect(r"Please enter the passphrase for /dev/vda \(luks-" + LUKS_UUID)
         vm.send("not this one\n")
@@ -343,10 +349,7 @@ def test_a_damaged_luks_header_is_one_line(kernel7: Kernel, storage_image: str,
 def test_three_wrong_passphrases_end_in_the_failure_path(
         kernel7: Kernel, storage_image: str, disks: dict[str, dict[str, str]],
         tmp_path: Path) -> None:
-    vm = harness.InteractiveVM(kernel7.vmlinuz, storage_image,
-                               copies(disks["luks2"], tmp_path, "d"),
-                               f"console=ttyS0 panic=-1 {UNATTENDED} root=UUID={ROOT_UUID} "
-                               f"rd.luks.uuid={LUKS_UUID}", str(tmp_path))
+    vm = luks2_prompt(kernel7, storage_image, disks, tmp_path)
     try:
         for left in (2, 1, 0):
             vm.expect(r"Please enter the passphrase for /dev/vda")
