@@ -10,8 +10,8 @@ pyinit's images: "pyinit" is what a user gets without flags (only --kver, --kmod
 --add-drivers, as every image here needs for the test kernel), "pyinit host-only" adds
 --hostonly, which is what a build for the running kernel does without flags (this
 machine's root: virtio and ext4, with fsck.ext4), "pyinit udevd" adds --udev systemd, and
-"pyinit no early" boots the default image with pyinit.early=0 (the modules load in the
-init after its imports instead of in a child beside them: pyinit/early.py).
+"pyinit early" boots the default image with pyinit.early=1 (the modules load in a thread
+beside the init's imports instead of after them: pyinit/early.py, off by default).
 Each image boots N times per vCPU count, one after another; the table gives the medians,
 the ratios of the default images to the others, their stage durations, and the real
 init's MemFree and Unevictable ("kept": ramfs pages of an initramfs nobody deleted;
@@ -259,7 +259,7 @@ def main() -> int:
     parser.add_argument("--kernel", choices=["debian-6.1", "debian-7", "both"], default="both")
     parser.add_argument("--skip", action="append", default=[],
                         help="leave out an image: busybox, initramfs-tools, dracut, \"pyinit "
-                             "host-only\", \"pyinit udevd\", \"no early\", or the stack "
+                             "host-only\", \"pyinit udevd\", \"early\", or the stack "
                              f"rows: \"{STACK}\"")
     parser.add_argument("--smp", default="1,2", help="vCPU counts to boot with (default 1,2)")
     parser.add_argument("--chart", default=os.path.join(REPO, "bench", "boot.png"))
@@ -303,9 +303,9 @@ def main() -> int:
             # (group, image name, image, disks, root=, extra command line)
             runs = [(PLAIN, name, image, [disk.path], f"root=UUID={disk.uuid}", "")
                     for name, image in images.items()]
-            if "pyinit" in images and "no early" not in args.skip:
-                runs.append((PLAIN, "pyinit no early", images["pyinit"], [disk.path],
-                             f"root=UUID={disk.uuid}", early.OFF))
+            if "pyinit" in images and "early" not in args.skip:
+                runs.append((PLAIN, "pyinit early", images["pyinit"], [disk.path],
+                             f"root=UUID={disk.uuid}", early.ON))
             if stack_disks:
                 for name, image in stack_images(kernel, tmp, args.skip).items():
                     runs.append((STACK, name, image, stack_disks, STACK_ROOT,

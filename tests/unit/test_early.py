@@ -105,11 +105,13 @@ def test_rd_break_before_the_modules_loads_nothing_early(
     assert done.events == [("early_skipped", {"reason": "rd.break before the modules"})]
 
 
-def test_pyinit_early_0_turns_the_early_start_off(tmp_path: object) -> None:
+def test_pyinit_early_1_turns_the_early_start_on(tmp_path: object) -> None:
     from pathlib import Path
 
     path = Path(str(tmp_path)) / "cmdline"
-    path.write_bytes(b"root=/dev/vda pyinit.early=0 quiet\n")
-    assert not early.wanted(str(path))
-    path.write_bytes(b"root=/dev/vda pyinit.early=01\n")
+    path.write_bytes(b"root=/dev/vda pyinit.early=1 quiet\n")
     assert early.wanted(str(path))
+    for off in (b"root=/dev/vda quiet\n", b"root=/dev/vda pyinit.early=0\n",
+                b"root=/dev/vda pyinit.early=11\n"):
+        path.write_bytes(off)
+        assert not early.wanted(str(path))
