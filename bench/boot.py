@@ -91,7 +91,7 @@ class Series:
     image: str
     kernel: str
     cpus: int = 1
-    group: str = "plain ext4"  # ratios are taken within a group: PLAIN or STACK
+    group: str = PLAIN  # ratios are taken within a group: PLAIN or STACK
     phases: list[float] = field(default_factory=list)
     totals: list[float] = field(default_factory=list)  # kernel start -> real init
     memfree_kb: list[int] = field(default_factory=list)
@@ -133,12 +133,12 @@ def stack_images(kernel: kernels.Kernel, tmp: str, skip: list[str]) -> dict[str,
     key = os.path.join(tmp, "root.key")
     with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400), "wb") as fh:
         fh.write(stackdisks.KEY)
+    crypt = buildbench.Crypt(STACK_NAME, stackdisks.LUKS_UUID, stackdisks.KEY)
     images: dict[str, str] = {}
     if "pyinit" not in skip:
         crypttab = os.path.join(tmp, "crypttab")
         with open(crypttab, "w", encoding="utf-8") as fh:
-            fh.write(f"{STACK_NAME} UUID={stackdisks.LUKS_UUID} {stackdisks.KEY_PATH} "
-                     "luks,discard,initramfs\n")
+            fh.write(crypt.crypttab(stackdisks.KEY_PATH))
         images["pyinit"] = f"{tmp}/stack-pyinit-{kernel.name}.img"
         harness.build_image(images["pyinit"], kernel.moddir, kernel.kver,
                             [*DRIVERS[kernel.name], "ext4"],
@@ -148,8 +148,7 @@ def stack_images(kernel: kernels.Kernel, tmp: str, skip: list[str]) -> dict[str,
     if "initramfs-tools" not in skip:
         images["initramfs-tools"] = f"{tmp}/stack-itools-{kernel.name}.img"
         buildbench.bench_initramfs_tools(
-            kernel, images["initramfs-tools"], 1, tempfile.mkdtemp(dir=tmp),
-            buildbench.Crypt(STACK_NAME, stackdisks.LUKS_UUID, stackdisks.KEY))
+            kernel, images["initramfs-tools"], 1, tempfile.mkdtemp(dir=tmp), crypt)
     if "dracut" not in skip:
         images["dracut"] = f"{tmp}/stack-dracut-{kernel.name}.img"
         buildbench.bench_dracut(kernel, images["dracut"], 1,

@@ -135,6 +135,11 @@ class Crypt:
     uuid: str
     key: bytes
 
+    def crypttab(self, key_path: str) -> str:
+        """Its /etc/crypttab line, the key file at KEY_PATH (as Debian's, marked for the
+        initramfs: the host's root is not on it)."""
+        return f"{self.name} UUID={self.uuid} {key_path} luks,discard,initramfs\n"
+
 
 # The cryptroot hook reads its conf-hook here; the benchmark's own directory covers it.
 KEY_DIR = "/etc/cryptsetup-initramfs"
@@ -143,8 +148,7 @@ KEY_DIR = "/etc/cryptsetup-initramfs"
 def crypt_dir(crypt: Crypt, tmp: str) -> str:
     directory = tempfile.mkdtemp(dir=tmp)
     os.chmod(directory, 0o700)
-    key = f"{KEY_DIR}/{crypt.name}.key"
-    files = {"crypttab": f"{crypt.name} UUID={crypt.uuid} {key} luks,discard,initramfs\n",
+    files = {"crypttab": crypt.crypttab(f"{KEY_DIR}/{crypt.name}.key"),
              "conf-hook": f'KEYFILE_PATTERN="{KEY_DIR}/*.key"\nUMASK=0077\n'}
     for name, text in files.items():
         with open(os.path.join(directory, name), "w", encoding="utf-8") as fh:

@@ -25,9 +25,9 @@ def _warn(event: str, **fields: object) -> None:
 
 
 def load_modules(options: Options, previous: Hotplug | None) -> Hotplug:
-    """rd.driver.pre first, then coldplug: every existing device's MODALIAS. The early
-    thread (pyinit.early) did most of it while the init imported; what it did is logged
-    here, and the pass below only loads for devices that came since. A try that fails
+    """rd.driver.pre first, then coldplug: every existing device's MODALIAS. With
+    pyinit.early=1 the early thread did most of it while the init imported; what it did is
+    logged here, and the pass below only loads for devices that came since. A try that fails
     closes what it started (its listener, its udevd), so a retried stage starts clean."""
     if previous is not None:
         previous.close()

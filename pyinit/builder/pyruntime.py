@@ -150,13 +150,9 @@ def defines_dataclasses(source: bytes) -> bool:
 # without column positions (PEP 657), 9% less marshal data to pack and to load at boot;
 # tracebacks keep their line numbers and lose only the ^^^ markers under the expression.
 COMPILER = """
-import json, marshal, sys
-jobs = json.load(sys.stdin)
-out = []
-for path, name, optimize in jobs:
-    with open(path, "rb") as fh:
-        out.append(marshal.dumps(compile(fh.read(), name, "exec", dont_inherit=True,
-                                         optimize=optimize)))
+import marshal, sys
+out = [marshal.dumps(compile(source, name, "exec", dont_inherit=True, optimize=optimize))
+       for source, name, optimize in marshal.load(sys.stdin.buffer)]
 sys.stdout.buffer.write(marshal.dumps(out))
 """
 COMPILE_TIMEOUT = 120  # seconds for the target interpreter to compile the init's modules
@@ -169,11 +165,11 @@ def pycs(python: str, sources: Sequence[tuple[str, str]]) -> list[bytes]:
     for path, _name in sources:
         with open(path, "rb") as fh:
             datas.append(fh.read())
-    jobs = [(path, name, OPTIMIZE_DATACLASSES if defines_dataclasses(data) else OPTIMIZE)
-            for (path, name), data in zip(sources, datas, strict=True)]
+    jobs = [(data, name, OPTIMIZE_DATACLASSES if defines_dataclasses(data) else OPTIMIZE)
+            for (_path, name), data in zip(sources, datas, strict=True)]
     try:
         done = subprocess.run([python, "-X", "no_debug_ranges", "-I", "-S", "-c", COMPILER],
-                              input=json.dumps(jobs).encode(), capture_output=True,
+                              input=marshal.dumps(jobs), capture_output=True,
                               check=True, timeout=COMPILE_TIMEOUT)
         codes = marshal.loads(done.stdout)
     except subprocess.CalledProcessError as err:

@@ -25,7 +25,7 @@ import json
 import os
 import struct
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pyinit import command
 from pyinit.rootspec import RootSpec, RootSpecError, parse_root
@@ -102,20 +102,25 @@ def keyslots(header: bytes) -> tuple[int, list[Keyslot]]:
         return 1, slots
     if version != 2:
         raise StorageError(f"LUKS version {version}: expected 1 or 2")
-    size = struct.unpack(">Q", header[8:16])[0]
-    if not 4096 < size <= len(header):
-        raise StorageError(f"LUKS2 header size {size}: expected more than 4096 bytes")
-    area = header[4096:size].split(b"\0", 1)[0]
     try:
-        metadata = json.loads(area)
         found = []
-        for number, slot in sorted(metadata["keyslots"].items(), key=lambda kv: int(kv[0])):
+        for number, slot in sorted(luks2_metadata(header)["keyslots"].items(),
+                                   key=lambda kv: int(kv[0])):
             kdf = slot.get("kdf", {})
             found.append(Keyslot(int(number), str(kdf.get("type", "?")),
                                  int(kdf.get("memory", 0))))
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise StorageError(f"damaged LUKS2 metadata: {err}") from err
     return 2, found
+
+
+def luks2_metadata(header: bytes) -> Any:
+    """The JSON metadata of a LUKS2 HEADER. Raises StorageError for a bad header size and
+    ValueError for JSON that does not parse."""
+    size = struct.unpack(">Q", header[8:16])[0]
+    if not 4096 < size <= len(header):
+        raise StorageError(f"LUKS2 header size {size}: expected more than 4096 bytes")
+    return json.loads(header[4096:size].split(b"\0", 1)[0])
 
 
 INTEGRITY_MODULES = ("dm_integrity",)  # only for a LUKS2 volume with authenticated encryption
@@ -125,11 +130,10 @@ def uses_integrity(header: bytes) -> bool:
     """Whether a LUKS2 header (checked by keyslots) has a segment with integrity."""
     if struct.unpack(">H", header[6:8])[0] != 2:
         return False
-    size = struct.unpack(">Q", header[8:16])[0]
     try:
-        segments = json.loads(header[4096:size].split(b"\0", 1)[0])["segments"]
+        segments = luks2_metadata(header)["segments"]
         return any(isinstance(s, dict) and "integrity" in s for s in segments.values())
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (StorageError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
 
