@@ -22,8 +22,9 @@ HINTS = {
     "cmdline": "correct the kernel command line in the boot loader",
     "modules": "check that the image carries the module (mkinitramfs.py --list) and that it "
                "matches the kernel; module_blacklist= skips one",
-    "discover": "check root= against the devices listed; add the disk's driver to the image "
-                "(--add-drivers), or add rootwait for slow devices",
+    "discover": "check root= against the devices listed; with no disk seen, the image lacks "
+                "its driver or its bus's (virtio_blk also needs virtio_pci; --no-hostonly "
+                "carries the generic set), or add rootwait for slow devices",
     "mount": "check rootfstype= and rootflags=, that the filesystem's module is in the image, "
              "and the filesystem itself (fsck)",
     "switch_root": "check that root= names the real root and init= an executable on it "

@@ -1,7 +1,7 @@
 """mkinitramfs.py: build an initramfs image around the pyinit init.
 
     mkinitramfs.py -o OUTPUT [--kver KVER] [--kmoddir DIR] [--add-drivers "m1 m2"]
-                   [--omit-drivers "m"] [--hostonly | --no-hostonly]
+                   [--omit-drivers "m"] [--hostonly | --no-hostonly | --listed]
                    [--compress zstd|gzip|xz|lz4|none] [--compress-level N] [--python PATH]
                    [--include SRC DST] [--fsck TYPES] [--udev auto|systemd|none]
                    [--config FILE] [--no-early-microcode] [--no-cache] [--force]
@@ -47,6 +47,11 @@ from pyinit.builder.pipeline import BuildError, Config, Result, build
 from pyinit.modindex import INDEX_NAME
 
 T = TypeVar("T")
+# The command's name in usage and errors: pyinit-mkinitramfs where the package installed it
+# under that name, else the checkout's mkinitramfs.py.
+INSTALLED = "pyinit-mkinitramfs"
+PROG = INSTALLED if os.path.basename(sys.argv[0] if sys.argv else "") == INSTALLED \
+    else "mkinitramfs.py"
 
 
 class Parser(argparse.ArgumentParser):
@@ -54,11 +59,11 @@ class Parser(argparse.ArgumentParser):
     (not a usage block and exit status 2)."""
 
     def error(self, message: str) -> NoReturn:
-        raise BuildError(f"{message} (see mkinitramfs.py --help)")
+        raise BuildError(f"{message} (see {PROG} --help)")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = Parser(prog="mkinitramfs.py", description=__doc__.splitlines()[0])
+    parser = Parser(prog=PROG, description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("-o", "--output", help="the image to write")
     parser.add_argument("--kver", help="kernel version (default: the running kernel)")
     parser.add_argument("--kmoddir", help="modules directory (default: /lib/modules/KVER)")
@@ -66,11 +71,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="modules (names or aliases) to carry, with their dependencies")
     parser.add_argument("--omit-drivers", action="append", default=[], metavar='"M1 M2"',
                         help="modules never to carry")
-    parser.add_argument("--hostonly", action="store_true", default=None,
-                        help="the modules this host's root needs (default when the running "
-                        "kernel is KVER)")
-    parser.add_argument("--no-hostonly", dest="hostonly", action="store_false",
-                        help="the generic set for unknown hardware")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--hostonly", dest="mode", action="store_const", const="host-only",
+                       help="the modules and storage this host's root needs (default when "
+                       "KVER is the running kernel); --add-drivers adds to them")
+    modes.add_argument("--no-hostonly", dest="mode", action="store_const", const="generic",
+                       help="the generic set for unknown hardware (default for another "
+                       "kernel); --add-drivers adds to it")
+    modes.add_argument("--listed", dest="mode", action="store_const", const="listed",
+                       help="only the --add-drivers modules (the default when they are given "
+                       "without --hostonly or --no-hostonly)")
     parser.add_argument("--compress", choices=compress.FORMATS, default=None)
     parser.add_argument("--compress-level", type=int, default=None)
     parser.add_argument("--python", help="the interpreter to ship (default: this one)")
@@ -123,7 +133,8 @@ def _words(groups: list[str]) -> list[str]:
     return [w for group in groups for w in group.replace(",", " ").split()]
 
 
-def config_from(args: argparse.Namespace, default_hostonly: bool | None = None) -> Config:
+def config_from(args: argparse.Namespace,
+                default_mode: tuple[str, str] | None = None) -> Config:
     if not args.output:
         raise BuildError("expected -o OUTPUT (or --list IMAGE, or --extract IMAGE DIR)")
     settings = config.load(args.config)
@@ -139,13 +150,11 @@ def config_from(args: argparse.Namespace, default_hostonly: bool | None = None) 
             setattr(settings, key, value)
     compress.check_level(settings.compress, settings.compress_level)
     kver = args.kver or os.uname().release
-    hostonly_mode = args.hostonly if args.hostonly is not None else settings.hostonly
-    if hostonly_mode is None:
-        hostonly_mode = default_hostonly if default_hostonly is not None else (
-            kver == os.uname().release and args.kmoddir is None)
+    running = kver == os.uname().release and args.kmoddir is None
+    mode, why = config.choose_mode(args.mode, settings, default_mode, kver, running)
     return Config(args.output, kver, args.kmoddir or f"/lib/modules/{kver}", settings,
-                  hostonly_mode, args.force, source_date_epoch(), args.cache,
-                  running_kernel=kver == os.uname().release and args.kmoddir is None)
+                  mode == "host-only", args.force, source_date_epoch(), args.cache,
+                  running_kernel=running, listed=mode == "listed", mode_reason=why)
 
 
 def source_date_epoch() -> int:
@@ -184,12 +193,10 @@ def inspect(path: str, action: Callable[[bytes], T]) -> T:
 
 
 def summary(cfg: Config, result: Result, seconds: float) -> str:
-    mode = "host-only" if cfg.hostonly else "generic" if not cfg.settings.add_drivers else \
-        "listed"
     lines = [f"{cfg.output}: {len(result.data) / 1e6:.2f} MB {cfg.settings.compress}, "
              f"{result.unpacked / 1e6:.2f} MB unpacked, {result.entries} entries, built in "
              f"{seconds:.2f} s{' (python runtime from cache)' if result.cached_runtime else ''}",
-             f"  modules ({mode}): {len(result.modules)}"
+             f"  modules ({cfg.mode}: {cfg.mode_reason}): {len(result.modules)}"
              + (f" ({', '.join(result.modules[:8])}{', ...' if len(result.modules) > 8 else ''})"
                 if result.modules else "")]
     for part, size in result.parts.items():
@@ -308,7 +315,9 @@ def update(args: argparse.Namespace, kver: str) -> None:
     when complete (with --boot-test: only if it boots), then post-update.d."""
     path = distro.image_path(kver, args.boot_dir)
     args.output, args.kver, args.force = path, kver, True
-    cfg = config_from(args, default_hostonly=not distro.running_in_chroot())
+    chroot = distro.running_in_chroot()
+    cfg = config_from(args, ("generic", "--update in a chroot, whose sysfs is another "
+                             "machine's") if chroot else ("host-only", "--update outside a chroot"))
     start = time.monotonic()
     result = build(cfg)
     if args.boot_test is not None:
@@ -348,7 +357,7 @@ def run_boot_test(image_path: str, kernel: str | None, root: str | None) -> boot
 
 
 def fail(message: str) -> int:
-    print(f"mkinitramfs.py: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {message}", file=sys.stderr)
     return 1
 
 

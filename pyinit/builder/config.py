@@ -1,9 +1,12 @@
 """Builder configuration: /etc/pyinit/mkinitramfs.toml, then mkinitramfs.d/*.toml in name
 order, then each --config FILE; the command line overrides them all (lists add up).
 
-    add_drivers = ["virtio_blk", "nvme"]   # modules (names or aliases) to carry
+    add_drivers = ["virtio_blk", "virtio_pci"]  # modules (names or aliases) to carry, added
+                                           # to the mode's set (a virtio disk needs both)
     omit_drivers = ["floppy"]              # modules never to carry
-    hostonly = true                        # the modules this host's root needs
+    hostonly = true                        # the modules this host's root needs (false: the
+                                           # generic set); as mode = "host-only" / "generic"
+    mode = "listed"                        # host-only, generic, or listed: only add_drivers
     compress = "zstd"                      # zstd, gzip, xz, lz4 or none
     compress_level = 9
     include = [["/bin/busybox", "/bin/busybox"]]
@@ -45,7 +48,8 @@ class ConfigError(ValueError):
 class Settings:
     add_drivers: list[str] = field(default_factory=list)
     omit_drivers: list[str] = field(default_factory=list)
-    hostonly: bool | None = None
+    mode: str | None = None  # MODES; None: the command line or the default decides
+    mode_source: str = ""  # where the mode was set: "FILE:LINE: KEY = VALUE"
     compress: str = "zstd"
     compress_level: int | None = None
     include: list[tuple[str, str]] = field(default_factory=list)
@@ -63,7 +67,10 @@ class Settings:
 
 
 UDEV_MODES = ("auto", "systemd", "none")
-CHOICES = {"compress": compress.FORMATS, "udev": UDEV_MODES}
+# What decides the modules (and storage stacks) an image carries: this host's root's,
+# the generic set for unknown hardware, or only the drivers named.
+MODES = ("host-only", "generic", "listed")
+CHOICES = {"compress": compress.FORMATS, "udev": UDEV_MODES, "mode": MODES}
 LISTS = ("add_drivers", "omit_drivers", "fsck", "udev_rules", "storage", "luks_keys")
 
 
@@ -111,8 +118,12 @@ def _check(path: str, text: str, key: str, value: Any) -> Any:
             raise fail("a string")
         return value
     raise ConfigError(f"{path}:{_line_of(text, key)}: unknown key {key!r}: expected one of "
-                      + ", ".join(sorted(k for k in Settings.__dataclass_fields__
-                                         if k != "sources")))
+                      + ", ".join(sorted(KEYS)))
+
+
+# The keys a file may set: the settings, with hostonly as dracut's spelling of mode.
+KEYS = {k for k in Settings.__dataclass_fields__ if k not in ("sources", "mode_source")} \
+    | {"hostonly"}
 
 
 def apply_file(settings: Settings, path: str) -> None:
@@ -132,9 +143,32 @@ def apply_file(settings: Settings, path: str) -> None:
         checked = _check(path, text, key, value)
         if key in LISTS or key == "include":
             getattr(settings, key).extend(checked)
+        elif key in ("hostonly", "mode"):  # two spellings of one setting: the last wins
+            settings.mode = checked if key == "mode" else MODES[0] if checked else MODES[1]
+            shown = str(value).lower() if key == "hostonly" else repr(value)
+            settings.mode_source = f"{path}:{_line_of(text, key)}: {key} = {shown}"
         else:
             setattr(settings, key, checked)
     settings.sources.append(path)
+
+
+def choose_mode(switch: str | None, settings: Settings, default: tuple[str, str] | None,
+                kver: str, running_kernel: bool) -> tuple[str, str]:
+    """The image's mode (MODES) and why, for the summary: an explicit switch, then the
+    configuration's, then the caller's DEFAULT (--update's), then what was asked for."""
+    if switch is not None:
+        flag = {"host-only": "--hostonly", "generic": "--no-hostonly"}.get(switch, "--listed")
+        return switch, f"asked for ({flag})"
+    if settings.mode is not None:
+        return settings.mode, f"asked for ({settings.mode_source})"
+    if default is not None:
+        return default
+    if settings.add_drivers:
+        return "listed", ("drivers named (--add-drivers or add_drivers) without --hostonly or "
+                          "--no-hostonly")
+    if running_kernel:
+        return "host-only", f"{kver} is the running kernel (--no-hostonly for the generic set)"
+    return "generic", f"{kver} is not the running kernel"
 
 
 def load(extra: list[str], system_file: str = SYSTEM_FILE,

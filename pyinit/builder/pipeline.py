@@ -55,6 +55,12 @@ class Config:
     mtime: int
     use_cache: bool = True
     running_kernel: bool = False  # KVER is the running kernel and no --kmoddir was given
+    listed: bool = False  # only the drivers named (not host-only, not the generic set)
+    mode_reason: str = ""  # why this mode, for the summary
+
+    @property
+    def mode(self) -> str:
+        return "host-only" if self.hostonly else "listed" if self.listed else "generic"
 
 
 @dataclass
@@ -108,6 +114,8 @@ def build(cfg: Config) -> Result:
     kernel_part = compress.compress(raw, cfg.settings.compress, kernel_part_level(cfg, raw))
     result = assemble(early, runtime, cached, img, raw, kernel_part, modules, missing)
     result.storage, result.udev = storage, udev
+    if tree is not None:
+        result.notes += driver_notes(cfg, tree, modules)
     if tree is None:
         result.notes.append(f"no {cfg.kmoddir}: the running kernel has no modules, so the "
                             "image carries none (its drivers must be built in)")
@@ -300,7 +308,7 @@ def select_modules(cfg: Config, tree: kmodules.ModuleTree, storage: stacks.Plan)
             wanted += hostonly.hostonly_modules(tree)
         except (hostonly.HostOnlyError, OSError) as err:
             raise BuildError(f"--hostonly: {err}") from err
-    elif not cfg.settings.add_drivers:
+    elif not cfg.listed:
         wanted += hostonly.generic_modules(tree)
     omit = {m.replace("-", "_") for m in cfg.settings.omit_drivers}
     modules = [m for m in tree.closure(wanted) if m not in omit]
@@ -310,6 +318,26 @@ def select_modules(cfg: Config, tree: kmodules.ModuleTree, storage: stacks.Plan)
             raise BuildError(f"--omit-drivers {','.join(lost)}: needed by {name}, which the "
                              "image carries; omit it too or keep them")
     return modules
+
+
+# The buses a virtio device sits on: a virtio driver finds no device without one of them.
+VIRTIO_TRANSPORTS = ("virtio_pci", "virtio_mmio")
+
+
+def driver_notes(cfg: Config, tree: kmodules.ModuleTree, modules: list[str]) -> list[str]:
+    """What the summary says of the drivers named: those the kernel has built in (nothing to
+    carry), and, in the listed mode, a virtio driver without a virtio transport."""
+    named = [(name, tree.resolve(name)) for name in cfg.settings.add_drivers]
+    builtin = [name for name, found in named if found and all(m in tree.builtin for m in found)]
+    notes = [f"built into kernel {cfg.kver}, nothing to carry: {', '.join(builtin)}"] \
+        if builtin else []
+    virtio = sorted({m for _name, found in named for m in found if m.startswith("virtio_")
+                     and m not in VIRTIO_TRANSPORTS})
+    transports = [t for t in VIRTIO_TRANSPORTS if t in modules or t in tree.builtin]
+    if cfg.listed and virtio and not transports:
+        notes.append(f"{', '.join(virtio)} without a virtio transport: a virtio disk on PCI "
+                     "(qemu's default) is not found; add virtio_pci (or virtio_mmio)")
+    return notes
 
 
 def add_modules(img: image.Image, cfg: Config, tree: kmodules.ModuleTree, modules: list[str],
@@ -508,7 +536,7 @@ def plan_storage(cfg: Config, tree: kmodules.ModuleTree | None) -> stacks.Plan:
     or, for a generic image, every one the kernel supports."""
     settings = cfg.settings
     generic, left_out = [], []
-    if not cfg.hostonly and not settings.add_drivers and tree is not None:
+    if cfg.mode == "generic" and tree is not None:
         for name in STACKS:  # those the kernel and this host can carry
             needs = stack_module(name).NEEDS
             missing = [m for m in needs.modules if not tree.resolve(m)]

@@ -148,7 +148,7 @@ def test_config_files_and_their_errors(tmp_path: Path) -> None:
     extra.write_text('include = [["/bin/busybox", "/bin/busybox"]]\ncmdline = "rd.timeout=9"\n')
     settings = config.load([str(extra)], str(system), str(confd))
     assert settings.compress == "xz" and settings.add_drivers == ["a", "b"]
-    assert settings.hostonly is False and settings.cmdline == "rd.timeout=9"
+    assert settings.mode == "generic" and settings.cmdline == "rd.timeout=9"
     assert settings.include == [("/bin/busybox", "/bin/busybox")]
 
     bad = tmp_path / "bad.toml"

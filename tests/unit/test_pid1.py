@@ -103,8 +103,8 @@ def test_take_over_does_nothing_outside_pid_1() -> None:
 def test_failure_text_names_stage_error_and_hint() -> None:
     lines = rescue.describe("discover", OSError(2, "no device matched root=LABEL=x"))
     assert lines == ["boot failed in stage discover: no device matched root=LABEL=x",
-                     "try: check root= against the devices listed; add the disk's driver to "
-                     "the image (--add-drivers), or add rootwait for slow devices"]
+                     f"try: {rescue.HINTS['discover']}"]
+    assert "virtio_pci" in rescue.HINTS["discover"]
     assert rescue.describe("init", TypeError("boom"))[0] == "boot failed in stage init: boom"
 
 
