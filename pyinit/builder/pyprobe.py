@@ -29,15 +29,35 @@ class _Refuse:
 
 
 def site_dirs() -> list[str]:
-    """Where third-party packages live. Under -S, site.py never ran, so a venv (which only
-    site.py recognises, by its pyvenv.cfg) is found here the same way."""
+    """Where third-party packages live, as the interpreter's own site.py would find them.
+    Under -S site.py never ran: a venv (recognised only by site.py, from its pyvenv.cfg) has
+    its own directory, and the base interpreter's too when include-system-site-packages is
+    true; otherwise site.getsitepackages(), which on Debian's interpreter includes
+    /usr/lib/python3/dist-packages where Debian's packages are (sysconfig's purelib names
+    /usr/local only). The user's ~/.local site is left out: an image is not one user's."""
+    import site
+
     executable = os.path.abspath(sys.executable)
+    dirs: list[str] = []
     for directory in (os.path.dirname(executable), os.path.dirname(os.path.dirname(executable))):
-        if os.path.isfile(os.path.join(directory, "pyvenv.cfg")):
+        cfg = os.path.join(directory, "pyvenv.cfg")
+        if os.path.isfile(cfg):
             paths = {"base": directory, "platbase": directory}
-            return sorted({sysconfig.get_path(p, "venv", vars=paths)
-                           for p in ("purelib", "platlib")})
-    return sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})
+            dirs = [sysconfig.get_path(p, "venv", vars=paths) for p in ("purelib", "platlib")]
+            if not _venv_includes_system(cfg):
+                return list(dict.fromkeys(dirs))
+            break
+    return list(dict.fromkeys([*dirs, *site.getsitepackages()]))
+
+
+def _venv_includes_system(cfg: str) -> bool:
+    """include-system-site-packages = true in a venv's pyvenv.cfg (site.py's own reading)."""
+    with open(cfg, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            key, sep, value = line.partition("=")
+            if sep and key.strip().lower() == "include-system-site-packages":
+                return value.strip().lower() == "true"
+    return False
 
 
 def main() -> None:

@@ -200,8 +200,9 @@ def collect(python: str | None, extra_modules: list[str] | None = None) -> Runti
         if any("No module named 'pyinit._syscalls'" in v for v in failed.values()):
             hint = f" (pyinit's cffi module is not built: run `pip install -e .` in {PYINIT_SRC})"
         elif any(v.startswith("ModuleNotFoundError") for v in failed.values()):
-            hint = f" (install the missing packages for {exe}; `pip install -e .` does it for " \
-                   "the interpreter running the builder)"
+            hint = f" (install the missing packages for {exe}: `pip install -e .` does it for " \
+                   "the interpreter running the builder; on Debian, apt's python3-pyudev, " \
+                   "python3-structlog and python3-cffi-backend do it for /usr/bin/python3)"
         raise RuntimeError_(f"{exe} cannot import what the init needs: {failures}{hint}")
     version = info["version"]
     if version != list(sys.version_info[:2]):

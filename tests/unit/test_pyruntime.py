@@ -83,3 +83,32 @@ def test_only_real_dataclass_decorators_count() -> None:
                                          b"class A:\n    x: int = 0\n")
     # typing.py names @dataclass in docstrings and defines none.
     assert not pyruntime.defines_dataclasses(b'def f():\n    """@dataclass\n    class A: ..."""\n')
+
+
+DEBIAN_PYTHON = "/usr/bin/python3.11"
+DEBIAN_SITE = "/usr/lib/python3/dist-packages/"
+needs_debian_python = pytest.mark.skipif(not os.path.exists(DEBIAN_PYTHON),
+                                         reason=f"no {DEBIAN_PYTHON} (Debian's python3.11)")
+
+
+@needs_debian_python
+def test_debians_interpreter_finds_debians_packages() -> None:
+    """python3-pyudev, python3-structlog and python3-cffi-backend live in
+    /usr/lib/python3/dist-packages, which Debian's site.py adds and sysconfig never names."""
+    runtime = pyruntime.collect(DEBIAN_PYTHON)
+    for package in ("pyudev/", "structlog/", "_cffi_backend."):
+        assert any(s.startswith(DEBIAN_SITE + package) for s in runtime.sources), package
+
+
+@needs_debian_python
+def test_a_venv_of_debians_interpreter_sees_system_packages_only_when_asked(
+        tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    subprocess.run([DEBIAN_PYTHON, "-m", "venv", "--without-pip", "--system-site-packages",
+                    str(shared)], check=True)
+    runtime = pyruntime.collect(str(shared / "bin" / "python"))
+    assert any(s.startswith(DEBIAN_SITE + "pyudev/") for s in runtime.sources)
+    isolated = tmp_path / "isolated"
+    subprocess.run([DEBIAN_PYTHON, "-m", "venv", "--without-pip", str(isolated)], check=True)
+    with pytest.raises(pyruntime.RuntimeError_, match="No module named 'pyudev'"):
+        pyruntime.collect(str(isolated / "bin" / "python"))
