@@ -12,6 +12,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
+from pyinit import kernlog
+
 KILL_WAIT = 5.0  # seconds a killed child may take to go
 
 
@@ -26,10 +28,19 @@ class Done(NamedTuple):
     status: int
     stdout: bytes
     stderr: bytes
+    kernel: tuple[str, ...] = ()  # what the kernel logged meanwhile, where that was watched
 
     def last_line(self) -> str:
         text = (self.stderr or self.stdout).decode(errors="replace").strip()
         return text.splitlines()[-1] if text else "no output"
+
+    def explain(self) -> str:
+        """The child's last line, and the kernel's own lines beside it when it said any."""
+        return self.last_line() + kernlog.quoted(self.kernel)
+
+
+def failed(argv: Sequence[str], done: Done) -> CommandError:
+    return CommandError(f"{shown(argv)} {describe_status(done.status)}: {done.explain()}")
 
 
 def describe_status(status: int) -> str:
@@ -70,6 +81,5 @@ def run(argv: Sequence[str], timeout: float, *, input: bytes | None = None,
         raise CommandError(f"{shown(argv)}: no answer within {timeout:g} s") from err
     result = Done(proc.returncode, stdout, stderr)
     if check and result.status != 0:
-        raise CommandError(f"{shown(argv)} {describe_status(result.status)}: "
-                           f"{result.last_line()}")
+        raise failed(argv, result)
     return result

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from pyinit import cmdline, command, layout, udevd
+from pyinit import cmdline, command, kernlog, layout, udevd
 
 if TYPE_CHECKING:
     from pyinit.blockdev import BlockDevice
@@ -50,6 +50,11 @@ class StorageError(RuntimeError):
 
     hint = ("the message names the device and what it needs; rd.luks=0, rd.lvm=0 or "
             "rd.md=0 leave a stack out, rd.break=discover opens the console first")
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint  # what to try for this failure, instead of the stacks' own
 
 
 class Needs(NamedTuple):
@@ -126,10 +131,23 @@ class Env:
     def run(self, argv: Sequence[str], *, input: bytes | None = None,
             check: bool = True, timeout: float = TOOL_TIMEOUT,
             extra_env: Mapping[str, str] | None = None) -> command.Done:
+        """ARGV with the stacks' environment; a failure carries what the kernel logged
+        while it ran (a tool's "Invalid argument" is often explained only there)."""
         env = {"PATH": PATH, **(extra_env or {})}
         if not self.udev_running:
             env["DM_DISABLE_UDEV"] = "1"  # libdevmapper makes the /dev/mapper nodes itself
-        return command.run(argv, timeout, input=input, env=env, check=check)
+        watch = kernlog.Watch()
+        try:
+            done = command.run(argv, timeout, input=input, env=env, check=False)
+        except command.CommandError as err:
+            raise command.CommandError(f"{err}{kernlog.quoted(watch.lines())}") from err
+        if done.status == 0:
+            watch.close()
+            return done
+        done = done._replace(kernel=watch.lines())
+        if check:
+            raise command.failed(argv, done)
+        return done
 
 
 class Handler(Protocol):

@@ -413,7 +413,7 @@ class Luks:
             status = done.status
             if status != WRONG_PASSPHRASE:
                 raise StorageError(f"{command.shown(argv)} {command.describe_status(status)}: "
-                                   f"{done.last_line()}")
+                                   f"{done.explain()}")
         return status
 
     def _with_key(self, dev: BlockDevice, volume: Volume, argv: list[str],

@@ -210,7 +210,7 @@ class Lvm:
                 self.env.load_modules(Needs(modules=(module,)), f"LVM {fields[2]} volumes")
         if done.status != 0 and not groups:
             raise StorageError(f"lvm lvs {command.describe_status(done.status)}: "
-                               f"{done.last_line()}")
+                               f"{done.explain()}")
         return groups
 
     def offer(self, dev: BlockDevice) -> bool:
@@ -239,7 +239,7 @@ class Lvm:
                 done = self.lvm(verb, "-aay", "--sysinit", *mode, target, check=not degraded)
                 if done.status != 0:  # degraded: what cannot run incomplete stays off
                     self.env.warn("lvm_not_activated", target=target,
-                                  error=done.last_line())
+                                  error=done.explain())
                     continue
                 self.done.add(target)
                 self.env.emit("lvm_activated", target=target, degraded=bool(group.missing))

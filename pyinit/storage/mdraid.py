@@ -32,6 +32,11 @@ NEEDS = Needs(
     python=("pyinit.storage.mdraid", "pyinit.shutdown"),
     dirs=(RUN,),
 )
+# When the kernel refuses a member, its own line (quoted in the message) says why.
+REFUSED_HINT = ("read the kernel's words in the message: a member \"does not have a valid "
+                "superblock\" for this kernel when a newer kernel has run the array (boot "
+                "that kernel, or one at least as new); rd.break=discover then `mdadm --examine "
+                "DEVICE` shows the superblock; rd.md=0 leaves RAID out")
 
 
 def norm_uuid(value: str) -> str:
@@ -106,7 +111,8 @@ class MdRaid:
             array.device = "/dev/" + result["MD_DEVICE"].removeprefix("/dev/")
         if done.status != 0 and not array.device:
             raise StorageError(f"mdadm --incremental {dev.node} "
-                               f"{command.describe_status(done.status)}: {done.last_line()}")
+                               f"{command.describe_status(done.status)}: {done.explain()}",
+                               hint=REFUSED_HINT)
         started = result.get("MD_STARTED") == "yes"
         if started and not array.started:
             array.started = True
@@ -123,7 +129,7 @@ class MdRaid:
             done = self.env.run([MDADM, "--run", array.device], check=False)
             if done.status != 0:  # too few members even to run degraded: the picture says so
                 self.env.warn("md_not_started", array=array.device, uuid=array.uuid,
-                              error=done.last_line())
+                              error=done.explain())
                 continue
             array.started = True
             total = sys_value(array.device, "raid_disks")

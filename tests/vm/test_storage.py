@@ -198,6 +198,21 @@ def test_lvm_on_luks_and_a_degraded_raid1_on_the_6_1_kernel(
     assert raid.events("md_degraded") and "[U_]" in "".join(raid.lines("MDSTAT"))
 
 
+def test_a_member_the_kernel_refuses_quotes_the_kernel(
+        kernel61: Kernel, storage_image61: str, disks: dict[str, dict[str, str]],
+        tmp_path: Path) -> None:
+    """The 7.x kernel's RAID1 on the 6.1 kernel: mdadm says only "Invalid argument"; the
+    failure quotes the kernel's reason beside it, and what to try."""
+    result = boot(kernel61, storage_image61, copies(disks["raid1"], tmp_path, "a"),
+                  f"root=UUID={ROOT_UUID} rd.timeout=15", tmp_path, name="refused")
+    failure = next(line for line in result.log.splitlines()
+                   if "boot failed in stage discover" in line)
+    assert "mdadm --incremental /dev/vda exited with status" in failure, failure
+    assert '(the kernel said: "md: vda does not have a valid v1.2 superblock' in failure, failure
+    assert "try: read the kernel's words in the message" in result.log, result.log[-3000:]
+    assert "reboot: Power down" in result.log
+
+
 @pytest.mark.parametrize(("recipe", "names", "cmdline", "expect"), [
     ("luks1", ["d"], f"rd.luks.uuid={LUKS1_UUID} rd.luks.key={KEY_PATH}", "luks_unlocked"),
     ("luks-on-lvm", ["d"], f"rd.luks.uuid={INNER_LUKS_UUID} rd.luks.key={KEY_PATH}",
