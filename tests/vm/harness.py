@@ -14,6 +14,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -162,8 +163,8 @@ def build_image(output: str, kernel_moddir: str, kver: str, drivers: list[str],
                 compression: str = "zstd", extra: list[str] | None = None,
                 udev: str | None = None) -> str:
     """mkinitramfs.py for a test kernel; UDEV None: the builder's default (auto)."""
-    argv = [os.path.join(REPO, "mkinitramfs.py"), "-o", output, "--kver", kver, "--kmoddir",
-            kernel_moddir, "--compress", compression, "--force", *(extra or [])]
+    argv = [sys.executable, os.path.join(REPO, "mkinitramfs.py"), "-o", output, "--kver", kver,
+            "--kmoddir", kernel_moddir, "--compress", compression, "--force", *(extra or [])]
     if udev is not None:
         argv += ["--udev", udev]
     if drivers:

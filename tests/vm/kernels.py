@@ -37,6 +37,8 @@ class Kernel:
 
 
 def mirror_uri() -> str:
+    """The machine's Debian mirror: from a deb822 stanza in /etc/apt/sources.list.d/*.sources
+    or, as Debian's installer and debootstrap write it, a one-line /etc/apt/sources.list."""
     for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
@@ -45,8 +47,18 @@ def mirror_uri() -> str:
                 m = re.search(r"^URIs:\s*(\S+)", stanza, re.M)
                 if m and "security" not in m.group(1):
                     return m.group(1)
-    raise RuntimeError("no Debian mirror in /etc/apt/sources.list.d/*.sources: expected a "
-                       "deb822 stanza with URIs: and Suites:")
+    try:
+        with open("/etc/apt/sources.list", encoding="utf-8") as fh:
+            for line in fh:
+                m = re.match(r"\s*deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+(bookworm|trixie|sid|stable)\b",
+                             line)
+                if m and "security" not in m.group(1):
+                    return m.group(1)
+    except FileNotFoundError:
+        pass
+    raise RuntimeError("no Debian mirror in /etc/apt/sources.list.d/*.sources or "
+                       "/etc/apt/sources.list: expected a deb822 stanza with URIs: and "
+                       "Suites:, or a deb line")
 
 
 class Apt:
@@ -125,7 +137,7 @@ def load(name: str) -> Kernel:
     moddir = glob.glob(os.path.join(final, "lib/modules/*"))
     if not moddir or not os.path.exists(os.path.join(final, "vmlinuz")):
         raise FileNotFoundError(f"kernel {name} is not in {CACHE}/kernels: run "
-                                f"python3 -m tests.vm.kernels")
+                                f"bash .ci/install")
     return Kernel(name, os.path.basename(moddir[0]), os.path.join(final, "vmlinuz"), moddir[0])
 
 

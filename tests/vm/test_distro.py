@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,7 @@ def test_the_kernel_package_gets_an_image_that_boots_systemd_on_lvm_on_luks(
     root, kver, said = installed
     image = f"{root}/boot/initrd.img-{kver}"
     assert os.path.isfile(image), said
-    listing = subprocess.run([str(REPO / "mkinitramfs.py"), "--list", image],
+    listing = subprocess.run([sys.executable, str(REPO / "mkinitramfs.py"), "--list", image],
                              capture_output=True, text=True, check=True).stdout
     assert "usr/lib/pyinit/pyinit/init.pyc" in listing  # pyinit's, not another tool's
     assert "etc/crypttab" in listing and KEY_PATH.lstrip("/") in listing
@@ -145,7 +146,7 @@ def test_removing_the_kernel_removes_its_image(installed: tuple[str, str, str]) 
     image = f"{root}/boot/initrd.img-{kver}"
     # The image the postinst hook made (pyinit's), or the removal below would prove nothing.
     assert os.path.isfile(image), said
-    listing = subprocess.run([str(REPO / "mkinitramfs.py"), "--list", image],
+    listing = subprocess.run([sys.executable, str(REPO / "mkinitramfs.py"), "--list", image],
                              capture_output=True, text=True, check=True).stdout
     assert "usr/lib/pyinit/pyinit/init.pyc" in listing
     done = debian.in_chroot(root, f"dpkg -r linux-image-{kver}-unsigned")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -148,7 +149,8 @@ def test_lvm_on_luks_debian_layout_with_resume(kernel7: Kernel, tmp_path: Path,
     image = str(tmp_path / "initrd.img")
     harness.build_image(image, kernel7.moddir, kernel7.kver, DRIVERS[kernel7.name],
                         extra=["--config", str(config)], udev="none")
-    listing = subprocess.run([str(Path(harness.REPO) / "mkinitramfs.py"), "--list", image],
+    listing = subprocess.run([sys.executable, str(Path(harness.REPO) / "mkinitramfs.py"), "--list",
+                              image],
                              capture_output=True, text=True, check=True).stdout
     assert "etc/crypttab" in listing and "sbin/mdadm" not in listing  # only what was asked
     result = boot(kernel7, image, copies(disks["debian-layout"], tmp_path, "d"),
