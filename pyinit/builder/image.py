@@ -139,19 +139,23 @@ class Image:
         self._add_stat_bytes(path, st, content, part)
 
     def add_tree(self, src: str, dest: str, part: str = "skeleton") -> None:
-        """Copy a directory tree (rootfs-skel/) verbatim."""
+        """Copy a directory tree (rootfs-skel/): its files, links and layout, with fixed
+        modes (0755 for directories and programs, 0644 for the rest), never the checkout's
+        own (a umask 002 clone makes them group-writable)."""
         for root, dirs, files in os.walk(src):
             dirs.sort()
             rel = os.path.relpath(root, src)
             target_dir = _norm(os.path.join(dest, rel))
-            self.add_dir(target_dir, stat.S_IMODE(os.stat(root).st_mode), part)
+            self.add_dir(target_dir, 0o755, part)
             for name in sorted(files):
                 host = os.path.join(root, name)
                 target = os.path.join(target_dir, name)
                 if os.path.islink(host):
                     self.add_symlink(target, os.readlink(host), part)
-                else:
-                    self.add_host_file(host, target, part)
+                    continue
+                st, content = _read_host(host, None)
+                program = st.st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+                self.add_bytes(target, content, 0o755 if program else 0o644, part)
 
     def written(self) -> list[tuple[str, cpio.Entry]]:
         return [(p, e) for p, e in self.entries.items() if p not in self.base]

@@ -209,7 +209,7 @@ def collect(python: str | None, extra_modules: list[str] | None = None) -> Runti
         found = ".".join(str(v) for v in version)  # type: ignore[attr-defined]
         raise RuntimeError_(f"--python {exe} is Python {found} but the "
                             f"builder runs on {sys.version_info[0]}.{sys.version_info[1]}: run "
-                            f"mkinitramfs.py with that interpreter")
+                            f"the builder with that interpreter")
     runtime = Runtime(exe, info)
     stdlib = str(info["stdlib"]).rstrip("/") + "/"
     sites = [str(s).rstrip("/") + "/" for s in info["site"]]  # type: ignore[attr-defined]

@@ -334,6 +334,23 @@ def test_include_over_early_microcode_is_refused(tmp_path: Path) -> None:
     assert "/kernel/x86/microcode/x" in img.entries  # a directory shared as a parent
 
 
+def test_the_skeleton_gets_fixed_modes_not_the_checkouts(tmp_path: Path) -> None:
+    """A clone made under umask 002 has group-writable files and directories: the image's
+    skeleton is 0755 for directories and programs and 0644 for the rest all the same."""
+    skel = tmp_path / "skel"
+    (skel / "etc").mkdir(parents=True)
+    (skel / "init").write_text("#!/bin/sh\n")
+    (skel / "etc/initrd-release").write_text("NAME=x\n")
+    (skel / "init").chmod(0o775)
+    (skel / "etc/initrd-release").chmod(0o664)
+    (skel / "etc").chmod(0o775)
+    skel.chmod(0o2775)
+    img = image.Image()
+    img.add_tree(str(skel), "/")
+    modes = {path: stat.S_IMODE(entry.mode) for path, entry in img.entries.items()}
+    assert modes == {"/etc": 0o755, "/init": 0o755, "/etc/initrd-release": 0o644}
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_a_corrupt_compressed_module_is_one_line(kernel7: Kernel, tmp_path: Path,
                                                  damage: str) -> None:
