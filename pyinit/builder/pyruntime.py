@@ -25,8 +25,8 @@ PYINIT_SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__f
 # devices stage starts, code for the Python rescue console), and the codecs the interpreter
 # itself loads at start-up.
 INIT_MODULES = ["pyinit.lazyimport", "pyinit.init", "pyinit.stages", "pyinit.rescue",
-                "pyinit.uevents", "pyinit.resume", "pyudev", "code", "encodings.utf_8",
-                "encodings.latin_1", "encodings.ascii", "encodings.aliases"]
+                "pyinit.uevents", "pyinit.resume", "pyudev", "code",
+                "encodings.utf_8", "encodings.latin_1", "encodings.ascii", "encodings.aliases"]
 # Optional imports whose importers fall back cleanly (try/except ImportError) and which the
 # init never needs: asyncio's ssl support (and OpenSSL with it), shutil's bz2, structlog's
 # colorama, readline for the rescue console's line editing, shutil's lzma (the builder
@@ -190,6 +190,12 @@ def pycs(python: str, sources: Sequence[tuple[str, str]]) -> list[bytes]:
             for data, code in zip(datas, codes, strict=True)]
 
 
+def owning_root(path: str, roots: Sequence[str]) -> str | None:
+    """The deepest of ROOTS (each ending in "/") that holds PATH: a venv inside the checkout
+    (CHECKOUT/.venv/lib/...) holds its packages, not the checkout."""
+    return max((r for r in roots if path.startswith(r)), key=len, default=None)
+
+
 def collect(python: str | None, extra_modules: list[str] | None = None) -> Runtime:
     exe = resolve_python(python)
     info = probe(exe, INIT_MODULES + (extra_modules or []), EXCLUDES)
@@ -228,7 +234,7 @@ def collect(python: str | None, extra_modules: list[str] | None = None) -> Runti
         if not os.path.exists(path):
             missing.append(f"{name} ({path})")
             continue
-        owner = next((s for s in [src_root, *sites] if path.startswith(s)), None)
+        owner = owning_root(path, [src_root, *sites])
         if owner is None and path.startswith(stdlib):
             rel = path[len(stdlib):]
             if path.endswith(".py"):

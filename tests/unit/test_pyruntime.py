@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pyinit import layout
 from pyinit.builder import pyruntime
 
 
@@ -112,3 +113,19 @@ def test_a_venv_of_debians_interpreter_sees_system_packages_only_when_asked(
     subprocess.run([DEBIAN_PYTHON, "-m", "venv", "--without-pip", str(isolated)], check=True)
     with pytest.raises(pyruntime.RuntimeError_, match="No module named 'pyudev'"):
         pyruntime.collect(str(isolated / "bin" / "python"))
+
+
+def test_a_venv_inside_the_checkout_owns_its_packages() -> None:
+    """.ci/install makes CHECKOUT/.venv: its site-packages, not the checkout, own
+    _cffi_backend, which the image then finds in its own site directory."""
+    roots = ["/src/pyinit/", "/src/pyinit/.venv/lib/python3.11/site-packages/"]
+    path = "/src/pyinit/.venv/lib/python3.11/site-packages/_cffi_backend.so"
+    assert pyruntime.owning_root(path, roots) == roots[1]
+    assert pyruntime.owning_root("/src/pyinit/pyinit/init.py", roots) == roots[0]
+    assert pyruntime.owning_root("/usr/lib/python3.11/os.py", roots) is None
+
+
+def test_the_builders_own_cffi_backend_lands_in_the_image_site() -> None:
+    runtime = pyruntime.collect(None)
+    backend = [dest for dest, src in runtime.files.items() if "_cffi_backend" in src]
+    assert backend and all(d.startswith(layout.SITE + "/_cffi_backend") for d in backend)
