@@ -11,6 +11,7 @@ from pyinit import cmdline, early, layout, lazyimport, log, pid1, rescue
 from pyinit.cmdline import Options
 
 if TYPE_CHECKING:
+    from pyinit import overlay
     from pyinit.uevents import Hotplug
 
 T = TypeVar("T")
@@ -23,6 +24,7 @@ class Boot:
 
     def __init__(self) -> None:
         self.options = Options()
+        self.overlay: overlay.Request | None = None  # check_cmdline sets it
         self.started = (0, 0)  # when the init started (realtime, monotonic us): run() sets it
 
     def stage(self, name: str, run: Callable[[], T]) -> T:
@@ -47,6 +49,11 @@ class Boot:
             log.get().warning("cmdline_warning", detail=warning)
         errors = list(self.options.errors)
         from pyinit import stages
+
+        try:
+            self.overlay = stages.overlay_request(self.options)
+        except RuntimeError as err:  # OverlayError, without importing its module here
+            errors.append(str(err))
 
         stacks = stages.storage_stacks()
         named = any(cmdline.storage_stack(p.partition("=")[0]) for p in self.options.params)
@@ -82,7 +89,12 @@ class Boot:
 
         hotplug = self.stage("modules", modules)
         device = self.stage("discover", lambda: stages.discover_root(self.options, hotplug))
-        self.stage("mount", lambda: stages.mount_root(self.options, hotplug, device, SYSROOT))
+        # Under an overlay the root itself is its read-only lower layer.
+        lower = self.options._replace(read_only=True) if self.overlay else self.options
+        self.stage("mount", lambda: stages.mount_root(lower, hotplug, device, SYSROOT))
+        if self.overlay is not None:
+            request = self.overlay
+            self.stage("overlay", lambda: stages.mount_overlay(request, hotplug, SYSROOT))
         # Past this stage there is no way back: the exec stage alone is tried again.
         method, removed, init = self.stage(
             "switch_root", lambda: stages.hand_over(self.options, hotplug, SYSROOT))

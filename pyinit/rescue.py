@@ -27,6 +27,9 @@ HINTS = {
                 "carries the generic set), or add rootwait for slow devices",
     "mount": "check rootfstype= and rootflags=, that the filesystem's module is in the image, "
              "and the filesystem itself (fsck)",
+    "overlay": "the overlay needs the overlay module (--add-drivers overlay, or --no-hostonly) "
+               "and memory for its tmpfs; without rd.overlay, overlayroot= and "
+               "systemd.volatile= the read-only root boots alone",
     "switch_root": "check that root= names the real root and init= an executable on it "
                    "(a btrfs root may need rootflags=subvol=)",
     "exec": "init= must name an executable on the root filesystem; /sbin/init is the default",

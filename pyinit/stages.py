@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+from typing import TYPE_CHECKING
 
 from pyinit import early, execinit, fsck, layout, log, mountroot, pid1, rescue, switchroot
 from pyinit import udevd as udevd_
@@ -14,6 +15,9 @@ from pyinit.cmdline import Options
 from pyinit.kmod import Loader, ModuleError, running_kernel_index
 from pyinit.match import DiscoveryError
 from pyinit.uevents import Hotplug
+
+if TYPE_CHECKING:
+    from pyinit import overlay as overlay_
 
 
 def _emit(event: str, **fields: object) -> None:
@@ -119,6 +123,23 @@ def mount_root(options: Options, hotplug: Hotplug, device: BlockDevice, target: 
                                   probed, options.rootflags, options.read_only)
     _emit("root_mounted", device=device.node, target=target, type=fstype,
           mode="ro" if options.read_only else "rw")
+
+
+def overlay_request(options: Options) -> overlay_.Request | None:
+    """The overlay the line asks for (None without any of its keys, and then pyinit.overlay
+    is not imported). Raises OverlayError for a form this image cannot mount."""
+    if not any(key in options.raw for key in layout.OVERLAY_KEYS):
+        return None
+    from pyinit import overlay
+
+    return overlay.request(options.raw)
+
+
+def mount_overlay(request: overlay_.Request, hotplug: Hotplug, target: str) -> None:
+    from pyinit import overlay
+
+    overlay.mount(request, target, lambda alias: hotplug.loader.load_optional_alias(
+        alias, reason="overlay"), _emit)
 
 
 def hand_over(options: Options, hotplug: Hotplug, new_root: str) -> tuple[str, int, str]:

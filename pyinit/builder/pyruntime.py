@@ -25,7 +25,7 @@ PYINIT_SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__f
 # devices stage starts, code for the Python rescue console), and the codecs the interpreter
 # itself loads at start-up.
 INIT_MODULES = ["pyinit.lazyimport", "pyinit.init", "pyinit.stages", "pyinit.rescue",
-                "pyinit.uevents", "pyinit.resume", "pyudev", "code",
+                "pyinit.uevents", "pyinit.resume", "pyinit.overlay", "pyudev", "code",
                 "encodings.utf_8", "encodings.latin_1", "encodings.ascii", "encodings.aliases"]
 # Optional imports whose importers fall back cleanly (try/except ImportError) and which the
 # init never needs: asyncio's ssl support (and OpenSSL with it), shutil's bz2, structlog's
