@@ -47,11 +47,7 @@ from pyinit.builder.pipeline import BuildError, Config, Result, build
 from pyinit.modindex import INDEX_NAME
 
 T = TypeVar("T")
-# The command's name in usage and errors: pyinit-mkinitramfs where the package installed it
-# under that name, else the checkout's mkinitramfs.py.
-INSTALLED = "pyinit-mkinitramfs"
-PROG = INSTALLED if os.path.basename(sys.argv[0] if sys.argv else "") == INSTALLED \
-    else "mkinitramfs.py"
+PROG = output.PROG
 
 
 class Parser(argparse.ArgumentParser):

@@ -20,7 +20,7 @@ import tempfile
 import tomllib
 
 from pyinit import layout
-from pyinit.builder import distro, pyruntime
+from pyinit.builder import distro, elfdeps, output, pyruntime
 
 COMMAND = "/usr/sbin/pyinit-mkinitramfs"
 SITE = "/usr/lib/python3/dist-packages"
@@ -29,7 +29,8 @@ KERNEL_INSTALL = "/usr/lib/kernel/install.d/50-pyinit.install"
 DEPENDS = ("python3 (>= 3.11)", "python3-cffi-backend", "python3-pyudev (>= 0.24)",
            "python3-structlog (>= 22.1)", "python3-pyelftools (>= 0.29)",
            "python3-zstandard (>= 0.19)", "python3-lz4 (>= 3)", "libblkid1", "libudev1",
-           "kmod", "zstd")
+           "libc6", "kmod", "zstd")
+DOC = "/usr/share/doc/pyinit"
 ENTRY = """#!/usr/bin/python3
 import sys
 
@@ -37,40 +38,42 @@ from pyinit.builder.cli import main
 
 sys.exit(main())
 """
-UPDATE_INITRAMFS = f"""#!/bin/sh
-# update-initramfs for pyinit: initramfs-tools' options mapped onto pyinit-mkinitramfs.
-#   -c|-u -k KVER|all   make or update /boot/initrd.img-KVER     -d -k KVER   delete it
-#   -b DIR              another boot directory                     -v -t        accepted
-set -e
-mode= version= boot={distro.BOOT}
-while getopts "cudk:b:vtsh" opt; do
-  case "$opt" in
-    c|u) mode=update ;;
-    d) mode=remove ;;
-    k) version="$OPTARG" ;;
-    b) boot="$OPTARG" ;;
-    v|t|s) ;;
-    *) echo "usage: update-initramfs -c|-u|-d [-k KVER|all] [-b DIR]" >&2; exit 2 ;;
-  esac
-done
-[ -n "$mode" ] || {{ echo "update-initramfs: expected -c, -u or -d" >&2; exit 2; }}
-[ -n "$version" ] || version=$(uname -r)
-if [ "$mode" = remove ]; then
-  exec {COMMAND} --remove "$version" --boot-dir "$boot"
-fi
-exec {COMMAND} --update "$version" --boot-dir "$boot"
+UPDATE_INITRAMFS = """#!/usr/bin/python3
+import sys
+
+from pyinit.builder.updateinitramfs import main
+
+sys.exit(main())
 """
 POSTINST = f"""#!/bin/sh
 set -e
 case "$1" in
-  configure|triggered)
-    # Images for the installed kernels (a trigger: a package asked for fresh images).
+  configure)
+    # Images for the installed kernels.
     if ls {distro.BOOT}/vmlinuz-* >/dev/null 2>&1; then
-      {COMMAND} --update all || echo "pyinit: the images were not all rebuilt" >&2
+      {os.path.basename(COMMAND)} --update all || echo "pyinit: the images were not all rebuilt" >&2
     fi ;;
+  triggered)
+    # Another package asked for a fresh image (update-initramfs -u, deferred): as
+    # initramfs-tools, the newest kernel's, once for the whole dpkg run.
+    update-initramfs -u || echo "pyinit: the image was not rebuilt" >&2 ;;
 esac
 exit 0
 """
+# Python writes __pycache__ beside the package's modules when they run; dpkg knows nothing
+# of those files, so removal would leave them (and the directories) behind.
+PRERM = f"""#!/bin/sh
+set -e
+case "$1" in
+  remove|upgrade|deconfigure)
+    find {SITE}/pyinit -depth -type d -name __pycache__ -exec rm -rf {{}} + ;;
+esac
+exit 0
+"""
+
+
+class PackageError(ValueError):
+    """The package cannot be built; the message names what was expected and found."""
 
 
 def version(repo: str = pyruntime.PYINIT_SRC) -> str:
@@ -78,9 +81,19 @@ def version(repo: str = pyruntime.PYINIT_SRC) -> str:
         return str(tomllib.load(fh)["project"]["version"])
 
 
-def control(ver: str, size_kb: int) -> str:
+def maintainer(repo: str = pyruntime.PYINIT_SRC) -> str:
+    """pyproject.toml's first maintainer, as Debian writes it: NAME <EMAIL>."""
+    with open(os.path.join(repo, "pyproject.toml"), "rb") as fh:
+        people = tomllib.load(fh)["project"].get("maintainers", [])
+    if not people or "name" not in people[0] or "email" not in people[0]:
+        raise PackageError("pyproject.toml: expected [project] maintainers with a name and "
+                           "an email, found none")
+    return f"{people[0]['name']} <{people[0]['email']}>"
+
+
+def control(ver: str, size_kb: int, who: str) -> str:
     return (f"Package: pyinit\nVersion: {ver}\nArchitecture: amd64\nSection: admin\n"
-            f"Priority: optional\nMaintainer: pyinit developers <pyinit@localhost>\n"
+            f"Priority: optional\nMaintainer: {who}\n"
             f"Installed-Size: {size_kb}\nDepends: {', '.join(DEPENDS)}\n"
             "Recommends: binutils, busybox-static\n"
             "Provides: linux-initramfs-tool\nConflicts: initramfs-tools\n"
@@ -104,11 +117,17 @@ def stage(root: str, repo: str = pyruntime.PYINIT_SRC) -> None:
     compiled = [n for n in os.listdir(package) if n.startswith("_syscalls.") and
                 n.endswith(".so")]
     if not compiled:
-        raise ValueError(f"{package}: expected the compiled cffi module (_syscalls.*.so), "
-                         "found none: run pip install -e . first")
+        raise PackageError(f"{package}: expected the compiled cffi module (_syscalls.*.so), "
+                           "found none: run bash .ci/install (or pip install -e .) first")
     shutil.copytree(package, os.path.join(root, SITE.lstrip("/"), "pyinit"),
                     ignore=shutil.ignore_patterns("__pycache__", "*.c", "*.o"))
+    for name in compiled:
+        _ship_extension(os.path.join(root, SITE.lstrip("/"), "pyinit", name))
     shutil.copytree(os.path.join(repo, "rootfs-skel"), os.path.join(root, SKELETON.lstrip("/")))
+    with open(os.path.join(repo, "LICENSE"), encoding="utf-8") as fh:
+        _write(root, f"{DOC}/copyright", copyright_text(fh.read()))
+    _write(root, f"{DOC}/changelog.gz", changelog(version(repo), maintainer(repo),
+                                                  source_date_epoch(repo)))
     _write(root, COMMAND, ENTRY, 0o755)
     _write(root, "/usr/sbin/update-initramfs", UPDATE_INITRAMFS, 0o755)
     for path, text in distro.hooks("the pyinit package", COMMAND):
@@ -122,29 +141,129 @@ def stage(root: str, repo: str = pyruntime.PYINIT_SRC) -> None:
                os.path.join(wants, os.path.basename(distro.SHUTDOWN_UNIT)))
     size_kb = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root)
                   for f in files) // 1024
-    _write(root, "DEBIAN/control", control(version(repo), size_kb))
+    _write(root, "DEBIAN/control", control(version(repo), size_kb, maintainer(repo)))
     _write(root, "DEBIAN/conffiles", f"{distro.POSTINST}\n{distro.POSTRM}\n")
     _write(root, "DEBIAN/triggers", "interest-noawait update-initramfs\n")
     _write(root, "DEBIAN/postinst", POSTINST, 0o755)
+    _write(root, "DEBIAN/prerm", PRERM, 0o755)
+    fix_modes(root)
+
+
+def _ship_extension(path: str) -> None:
+    """The compiled cffi module as a package carries it: without debug symbols, and without
+    the RUNPATH of the interpreter it was built with (a pyenv's lib directory, say), which
+    names nothing on the machines the package goes to."""
+    done = subprocess.run(["strip", "--strip-unneeded", path], capture_output=True,
+                          text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise PackageError(f"strip --strip-unneeded {path}: expected status 0, found "
+                           f"{done.returncode}: {done.stderr.strip() or 'no output'}")
+    info = elfdeps.read_elf(path)
+    if not (info.rpath or info.runpath):
+        return
+    if shutil.which("patchelf") is None:
+        raise PackageError(f"{path}: has the RUNPATH {':'.join(info.runpath or info.rpath)} "
+                           "of the interpreter it was built with; expected patchelf to drop "
+                           "it, found none (apt install patchelf)")
+    subprocess.run(["patchelf", "--remove-rpath", path], check=True, capture_output=True,
+                   timeout=60)
+
+
+def copyright_text(license_text: str) -> str:
+    """debian/copyright in the machine-readable format, the licence from LICENSE."""
+    body = "\n".join(f" {line}" if line.strip() else " ." for line in
+                      license_text.strip().splitlines())
+    return ("Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n"
+            "Upstream-Name: pyinit\n\nFiles: *\nCopyright: pyinit developers\n"
+            f"License: Expat\n{body}\n")
+
+
+def changelog(ver: str, who: str, epoch: int) -> bytes:
+    """A native package's changelog, gzip'd without a timestamp."""
+    import email.utils
+    import gzip
+
+    date = email.utils.formatdate(epoch, usegmt=False)
+    text = (f"pyinit ({ver}) unstable; urgency=medium\n\n"
+            "  * Packaged from the pyinit checkout.\n\n"
+            f" -- {who}  {date}\n")
+    return gzip.compress(text.encode(), compresslevel=9, mtime=0)
+
+
+def fix_modes(root: str) -> None:
+    """Modes by kind, never the checkout's (a umask 002 clone is group-writable): 0755 for
+    directories and for files any execute bit marks as programs, 0644 for the rest."""
+    for directory, _dirs, files in os.walk(root):
+        os.chmod(directory, 0o755)
+        for name in files:
+            path = os.path.join(directory, name)
+            if os.path.islink(path):
+                continue
+            program = os.stat(path).st_mode & 0o111
+            os.chmod(path, 0o755 if program else 0o644)
+
+
+def source_date_epoch(repo: str = pyruntime.PYINIT_SRC) -> int:
+    """SOURCE_DATE_EPOCH when set; else the checkout's last commit time; else the newest
+    mtime of pyproject.toml: the same tree gives the same package."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if value:
+        if not value.isdigit():
+            raise PackageError(f"SOURCE_DATE_EPOCH={value}: expected seconds since the epoch")
+        return int(value)
+    try:
+        done = subprocess.run(["git", "-C", repo, "log", "-1", "--format=%ct"],
+                              capture_output=True, text=True, timeout=30, check=False)
+        if done.returncode == 0 and done.stdout.strip().isdigit():
+            return int(done.stdout.strip())
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return int(os.stat(os.path.join(repo, "pyproject.toml")).st_mtime)
 
 
 def build(outdir: str) -> str:
-    """Build the .deb into OUTDIR; returns its path."""
+    """Build the .deb into OUTDIR; returns its path. Owners root:root, fixed modes, every
+    mtime SOURCE_DATE_EPOCH: two builds of one tree are the same bytes."""
+    if not os.path.isdir(outdir):
+        raise PackageError(f"{outdir}: expected a directory to write the package in, "
+                           "found none")
+    problem = output.unwritable(outdir)
+    if problem is not None:
+        raise PackageError(f"{outdir}: expected a writable directory, found {problem}")
+    epoch = source_date_epoch()
     with tempfile.TemporaryDirectory(prefix="pyinit-deb-") as tmp:
         root = os.path.join(tmp, "root")
         stage(root)
+        for directory, dirs, files in os.walk(root):
+            for name in [*dirs, *files]:
+                os.utime(os.path.join(directory, name), (epoch, epoch), follow_symlinks=False)
+        os.utime(root, (epoch, epoch))
         path = os.path.join(outdir, f"pyinit_{version()}_amd64.deb")
-        subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", root, path],
-                       check=True, capture_output=True)
+        done = subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", root, path],
+                              capture_output=True, text=True, timeout=600, check=False,
+                              env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise PackageError(f"dpkg-deb --build {path} exited with status "
+                               f"{done.returncode}: {last}")
     return path
 
 
-def main() -> int:
-    if len(sys.argv) != 2 or not os.path.isdir(sys.argv[1]):
-        print("usage: python3 -m pyinit.builder.debpkg OUTDIR (an existing directory)",
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("debpkg: error: expected one argument, the directory to write the package in "
+              f"(python3 -m pyinit.builder.debpkg OUTDIR), found {len(args)}", file=sys.stderr)
+        return 1
+    try:
+        print(build(args[0]))
+    except (PackageError, distro.DistroError) as err:
+        print(f"debpkg: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"debpkg: error: {err.filename or args[0]}: {err.strerror or err}",
               file=sys.stderr)
         return 1
-    print(build(sys.argv[1]))
     return 0
 
 

@@ -39,6 +39,7 @@ RUN_PARTS_NAME = re.compile(r"[A-Za-z0-9_-]+")  # the names run-parts runs (no d
 POSTINST_TEXT = """#!/bin/sh
 # pyinit: make the initramfs of a kernel Debian just installed (written by {tool}).
 # Called as: pyinit KVER /boot/vmlinuz-KVER, by the kernel package's maintainer script.
+{guard}
 version="$1"
 {no_version}
 [ "$INITRD" = No ] && exit 0
@@ -50,6 +51,7 @@ exec {command} --update "$version"
 """
 POSTRM_TEXT = """#!/bin/sh
 # pyinit: remove the initramfs of a kernel Debian just removed (written by {tool}).
+{guard}
 version="$1"
 {no_version}
 [ "$INITRD" = No ] && exit 0
@@ -62,6 +64,7 @@ exec {command} --remove "$version"
 KERNEL_INSTALL_TEXT = """#!/bin/sh
 # pyinit: kernel-install plugin, makes the initrd in the staging area (written by {tool}).
 # Called as: 50-pyinit.install add KVER ENTRY_DIR KERNEL_IMAGE [INITRD...]
+{guard}
 [ "$1" = add ] || exit 0
 [ "$#" -le 4 ] || exit 0  # initrds were given: nothing to generate
 generator="${{KERNEL_INSTALL_INITRD_GENERATOR:-pyinit}}"
@@ -76,6 +79,10 @@ case "$KERNEL_INSTALL_LAYOUT" in bls|uki) ;; *) exit 0 ;; esac
   echo "pyinit: making $KERNEL_INSTALL_STAGING_AREA/initrd for $2"
 exec {command} --kver "$2" -o "$KERNEL_INSTALL_STAGING_AREA/initrd" --force
 """
+# Every hook's first line: a hook left behind when its package was removed but not purged
+# (conffiles stay) does nothing, as initramfs-tools' own hook does, instead of failing
+# every later kernel install with status 127.
+GUARD_TEXT = "[ -x {program} ] || exit 0  # pyinit was removed: nothing to do"
 # The Debian hooks' first check: without KVER, --update "" would be another command.
 NO_VERSION_TEXT = """if [ -z "$version" ]; then
     echo "$0: expected the kernel version as the first argument (KVER /boot/vmlinuz-KVER)," \\
@@ -139,7 +146,7 @@ def installed_kernels(boot: str = BOOT, modules: str = MODULES,
 
 
 def _warn(text: str) -> None:
-    print(f"mkinitramfs.py: warning: {text}", file=sys.stderr, flush=True)
+    print(f"{output.PROG}: warning: {text}", file=sys.stderr, flush=True)
 
 
 def check_kver(option: str, kver: str) -> None:
@@ -235,7 +242,7 @@ def prepare_shutdown(image: str, extract_to: Callable[[str, str], int],
 def command_line() -> str:
     """How the hooks call this builder: its interpreter and its entry point, as now run."""
     entry = os.path.abspath(sys.argv[0])
-    if os.path.basename(entry) in ("mkinitramfs.py", "pyinit-mkinitramfs") and \
+    if os.path.basename(entry) in ("mkinitramfs.py", output.INSTALLED) and \
             os.access(entry, os.X_OK):
         return shlex.quote(entry)
     return f"{shlex.quote(sys.executable)} -m pyinit.builder.cli"
@@ -247,11 +254,13 @@ LOCAL_SHUTDOWN_UNIT = "/etc/systemd/system/pyinit-shutdown.service"
 def hooks(tool: str, command: str) -> list[tuple[str, str]]:
     """The kernel hooks' paths and texts, written by TOOL, calling COMMAND (--install-hooks
     and the Debian package write the same ones)."""
-    return [(POSTINST, POSTINST_TEXT.format(tool=tool, command=command,
+    guard = GUARD_TEXT.format(program=shlex.split(command)[0])
+    return [(POSTINST, POSTINST_TEXT.format(tool=tool, command=command, guard=guard,
                                             no_version=NO_VERSION_TEXT)),
-            (POSTRM, POSTRM_TEXT.format(tool=tool, command=command,
+            (POSTRM, POSTRM_TEXT.format(tool=tool, command=command, guard=guard,
                                         no_version=NO_VERSION_TEXT)),
-            (KERNEL_INSTALL, KERNEL_INSTALL_TEXT.format(tool=tool, command=command))]
+            (KERNEL_INSTALL, KERNEL_INSTALL_TEXT.format(tool=tool, command=command,
+                                                        guard=guard))]
 
 
 def install_hooks(root: str = "/", command: str | None = None) -> list[str]:

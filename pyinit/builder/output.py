@@ -16,7 +16,14 @@ from __future__ import annotations
 import errno
 import os
 import re
+import sys
 import tempfile
+
+# The command's name in usage, errors and warnings: pyinit-mkinitramfs where the package
+# installed it under that name, else the checkout's mkinitramfs.py.
+INSTALLED = "pyinit-mkinitramfs"
+PROG = INSTALLED if os.path.basename(sys.argv[0] if sys.argv else "") == INSTALLED \
+    else "mkinitramfs.py"
 
 TEMP_PREFIX = ".pyinit-"
 TEMP_SUFFIX = ".tmp"

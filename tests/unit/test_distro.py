@@ -101,6 +101,20 @@ def test_kernel_install_plugin(hooks: tuple[Path, Path]) -> None:
     assert calls(record) == [want, want]
 
 
+def test_hooks_left_after_pyinit_was_removed_do_nothing(hooks: tuple[Path, Path]) -> None:
+    """apt-get install initramfs-tools removes pyinit but keeps its hooks (conffiles): the
+    next kernel install must not fail on the missing command."""
+    root, record = hooks
+    (record.parent / "recorder").unlink()
+    for hook, args in (("postinst.d/pyinit", ("6.1.0-9-amd64", "/boot/vmlinuz-6.1.0-9-amd64")),
+                       ("postrm.d/pyinit", ("6.1.0-9-amd64", "/boot/vmlinuz-6.1.0-9-amd64")),
+                       ("install.d/50-pyinit.install", ("add", "6.9.0", "/e", "/k"))):
+        done = run(root / "etc/kernel" / hook, *args, check=False,
+                   DEB_MAINT_PARAMS="configure", KERNEL_INSTALL_LAYOUT="bls",
+                   KERNEL_INSTALL_STAGING_AREA="/tmp/x")
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), (hook, done)
+
+
 def test_post_update_runs_like_run_parts(tmp_path: Path) -> None:
     directory = tmp_path / "post-update.d"
     directory.mkdir()

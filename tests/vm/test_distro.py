@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -164,8 +165,9 @@ def test_update_keeps_the_old_image_on_bad_input(kernel7: Kernel, tmp_path: Path
     old.write_bytes(b"the previous image")
 
     def update(kver: str, *extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(REPO / "mkinitramfs.py"), "--update", kver, "--boot-dir",
-                               str(boot), "--kmoddir", kernel7.moddir, "--add-drivers",
+        return subprocess.run([sys.executable, str(REPO / "mkinitramfs.py"), "--update", kver,
+                               "--boot-dir", str(boot), "--kmoddir", kernel7.moddir,
+                               "--add-drivers",
                                " ".join(DRIVERS[kernel7.name]), *extra],
                               capture_output=True, text=True, timeout=300)
 
@@ -191,8 +193,9 @@ def test_boot_test_passes_a_good_image_and_fails_a_bad_one(kernel7: Kernel, tmp_
     before = Path(disk.path).read_bytes()
 
     def boot_test(path: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(REPO / "mkinitramfs.py"), "--boot-test", path, "--kernel",
-                               kernel7.vmlinuz, "--root", disk.path], capture_output=True,
+        return subprocess.run([sys.executable, str(REPO / "mkinitramfs.py"), "--boot-test", path,
+                               "--kernel", kernel7.vmlinuz, "--root", disk.path],
+                              capture_output=True,
                               text=True, timeout=900)
 
     good = boot_test(image)
@@ -210,3 +213,40 @@ def test_boot_test_passes_a_good_image_and_fails_a_bad_one(kernel7: Kernel, tmp_
     bad = boot_test(bare)
     assert bad.returncode == 1 and bad.stdout.startswith("boot test FAIL:"), bad.stdout
     assert "stopped at: boot failed in stage discover: no device matched" in bad.stdout
+
+
+def test_going_back_to_initramfs_tools_keeps_kernel_installs_working(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """apt installs pyinit's package, its Python runs (leaving __pycache__), then apt
+    installs initramfs-tools, which removes pyinit without purging it: its hooks stay. A
+    kernel installed after that installs, and initramfs-tools builds its image."""
+    top = tmp_path_factory.mktemp("back-to-initramfs-tools")
+    root = str(top / "root")
+    debian.unpack(root)
+    shutil.copy("/etc/resolv.conf", f"{root}/etc/resolv.conf")
+    deb = debpkg.build(str(top))
+    shutil.copy(deb, f"{root}/tmp/")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    done = debian.in_chroot(root, "apt-get update -q && apt-get install -y -q "
+                            f"--no-install-recommends /tmp/{os.path.basename(deb)} && "
+                            "pyinit-mkinitramfs --help >/dev/null && "
+                            "ls /usr/lib/python3/dist-packages/pyinit/__pycache__ | head -1",
+                            env=env)
+    assert done.returncode == 0 and ".pyc" in done.stdout, done.stdout + done.stderr
+    done = debian.in_chroot(root, "apt-get install -y -q --no-install-recommends "
+                            "initramfs-tools", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Removing pyinit" in done.stdout, done.stdout
+    assert os.path.exists(f"{root}/etc/kernel/postinst.d/pyinit")  # a conffile: it stays
+    left = [str(p) for p in Path(f"{root}/usr/lib/python3/dist-packages").glob("pyinit/**/*")]
+    assert left == [], left  # no compiled files left behind
+    kernel_deb = kernels.deb_61()
+    said = debian.install_deb(root, kernel_deb)  # raises when dpkg fails
+    assert "127" not in said and "not found" not in said, said
+    kver = next(n.removeprefix("vmlinuz-") for n in os.listdir(f"{root}/boot")
+                if n.startswith("vmlinuz-"))
+    image = f"{root}/boot/initrd.img-{kver}"
+    assert os.path.isfile(image), said
+    listing = subprocess.run([sys.executable, str(REPO / "mkinitramfs.py"), "--list", image],
+                             capture_output=True, text=True, check=True).stdout
+    assert "usr/lib/pyinit" not in listing and "scripts/" in listing  # initramfs-tools' own
