@@ -36,31 +36,26 @@ KERNEL_INSTALL = "/etc/kernel/install.d/50-pyinit.install"
 HOOK_TIMEOUT = 300.0
 RUN_PARTS_NAME = re.compile(r"[A-Za-z0-9_-]+")  # the names run-parts runs (no dots)
 
-POSTINST_TEXT = """#!/bin/sh
-# pyinit: make the initramfs of a kernel Debian just installed (written by {tool}).
+# Debian's kernel hooks (postinst.d and postrm.d): one text, two actions.
+DEBIAN_HOOK_TEXT = """#!/bin/sh
+# pyinit: {purpose} (written by {{tool}}).
 # Called as: pyinit KVER /boot/vmlinuz-KVER, by the kernel package's maintainer script.
-{guard}
+{{guard}}
 version="$1"
-{no_version}
+{{no_version}}
 [ "$INITRD" = No ] && exit 0
 if [ -n "$DEB_MAINT_PARAMS" ]; then
     eval set -- "$DEB_MAINT_PARAMS"
-    [ "$1" = configure ] || exit 0
+    {wanted} || exit 0
 fi
-exec {command} --update "$version"
+exec {{command}} {action} "$version"
 """
-POSTRM_TEXT = """#!/bin/sh
-# pyinit: remove the initramfs of a kernel Debian just removed (written by {tool}).
-{guard}
-version="$1"
-{no_version}
-[ "$INITRD" = No ] && exit 0
-if [ -n "$DEB_MAINT_PARAMS" ]; then
-    eval set -- "$DEB_MAINT_PARAMS"
-    [ "$1" = remove ] || [ "$1" = purge ] || exit 0
-fi
-exec {command} --remove "$version"
-"""
+POSTINST_TEXT = DEBIAN_HOOK_TEXT.format(
+    purpose="make the initramfs of a kernel Debian just installed",
+    wanted='[ "$1" = configure ]', action="--update")
+POSTRM_TEXT = DEBIAN_HOOK_TEXT.format(
+    purpose="remove the initramfs of a kernel Debian just removed",
+    wanted='[ "$1" = remove ] || [ "$1" = purge ]', action="--remove")
 KERNEL_INSTALL_TEXT = """#!/bin/sh
 # pyinit: kernel-install plugin, makes the initrd in the staging area (written by {tool}).
 # Called as: 50-pyinit.install add KVER ENTRY_DIR KERNEL_IMAGE [INITRD...]
