@@ -9,6 +9,9 @@ with initramfs-tools' meanings, over ``pyinit-mkinitramfs --update`` and ``--rem
 - ``-c -k KVER|all`` creates (builds whether or not an image exists).
 - ``-d -k KVER|all`` deletes.
 - ``-b DIR`` another boot directory; ``-v``, ``-t``, ``-s`` are accepted.
+- initramfs-tools' own kernel hook, left behind after pyinit replaced it, calls
+  ``update-initramfs -c -k KVER`` in the same kernel install as pyinit's hook: that call
+  does nothing, so the image is built once.
 - Under dpkg, a bare ``update-initramfs -u`` from another package's maintainer script
   activates the ``update-initramfs`` trigger instead ("deferring update (trigger
   activated)"), as initramfs-tools does: pyinit's own postinst then updates once, at the end.
@@ -151,8 +154,17 @@ def plan(mode: str, version: str | None, boot: str, modules: str) -> list[tuple[
     return [("--remove", version)]
 
 
+def left_over_hook(mode: str, version: str | None, env: Mapping[str, str], hook: str) -> bool:
+    """Whether this is initramfs-tools' kernel hook, left behind when pyinit replaced it
+    (``update-initramfs -c -k KVER`` from /etc/kernel/postinst.d, DEB_MAINT_PARAMS set),
+    while pyinit's own hook in the same run-parts builds that image: one build, not two."""
+    return (mode == "create" and version not in (None, "all")
+            and bool(env.get("DEB_MAINT_PARAMS")) and os.access(hook, os.X_OK))
+
+
 def main(argv: Sequence[str] | None = None, boot: str = distro.BOOT,
          modules: str = distro.MODULES, env: Mapping[str, str] | None = None,
+         hook: str = distro.POSTINST,
          build: Callable[[list[str]], int] | None = None,
          trigger: Callable[[], bool] = activate_trigger) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -181,6 +193,9 @@ def main(argv: Sequence[str] | None = None, boot: str = distro.BOOT,
         print(f"update-initramfs: error: expected -c, -u or -d, {found}; {USAGE}",
               file=sys.stderr)
         return 2
+    if left_over_hook(mode, version, env, hook):
+        _say(f"{hook} makes the image of {version} in this kernel install: nothing to do")
+        return 0
     try:
         calls = plan(mode, version, boot, modules)
     except (distro.DistroError, OSError) as err:

@@ -52,7 +52,7 @@ def call(tree: tuple[Path, Path], *argv: str, env: dict[str, str] | None = None,
         return 0
 
     code = ui.main(list(argv), boot=str(boot), modules=str(modules), env=env or {},
-                   build=build, trigger=fake_trigger)
+                   build=build, trigger=fake_trigger, hook=str(boot / "pyinit-hook"))
     return code, [a[:2] for a in built], triggered
 
 
@@ -109,3 +109,17 @@ def test_a_bare_update_under_dpkg_activates_the_trigger(
     assert call(tree, "-u", env=dpkg, trigger=False)[1:] == (
         [["--update", "6.1.0-10-amd64"]], ["update-initramfs"])
     assert call(tree, "-u")[2] == []  # not under dpkg
+
+
+def test_initramfs_tools_left_over_hook_leaves_the_build_to_pyinits(
+        tree: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    boot, _ = tree
+    hook = boot / "pyinit-hook"
+    kernel_install = {"DEB_MAINT_PARAMS": "configure"}
+    assert call(tree, "-c", "-k", "6.1.0-11-amd64", env=kernel_install)[1] == [
+        ["--update", "6.1.0-11-amd64"]]  # no pyinit hook: initramfs-tools' builds it
+    hook.write_text("#!/bin/sh\n")
+    hook.chmod(0o755)
+    assert call(tree, "-c", "-k", "6.1.0-11-amd64", env=kernel_install)[:2] == (0, [])
+    assert "makes the image of 6.1.0-11-amd64 in this kernel install" in capsys.readouterr().out
+    assert call(tree, "-c", "-k", "6.1.0-11-amd64")[1] == [["--update", "6.1.0-11-amd64"]]
