@@ -22,7 +22,7 @@ import tomllib
 from pyinit import layout
 from pyinit.builder import distro, elfdeps, output, pyruntime
 
-COMMAND = "/usr/sbin/pyinit-mkinitramfs"
+COMMAND = f"/usr/sbin/{output.INSTALLED}"
 SITE = "/usr/lib/python3/dist-packages"
 SKELETON = "/usr/share/pyinit/rootfs-skel"  # where pipeline.SKELETON looks when installed
 KERNEL_INSTALL = "/usr/lib/kernel/install.d/50-pyinit.install"
@@ -78,7 +78,10 @@ class PackageError(ValueError):
 
 def version(repo: str = pyruntime.PYINIT_SRC) -> str:
     with open(os.path.join(repo, "pyproject.toml"), "rb") as fh:
-        return str(tomllib.load(fh)["project"]["version"])
+        found = tomllib.load(fh).get("project", {}).get("version")
+    if not isinstance(found, str) or not found:
+        raise PackageError("pyproject.toml: expected [project] version, found none")
+    return found
 
 
 def maintainer(repo: str = pyruntime.PYINIT_SRC) -> str:
@@ -165,8 +168,11 @@ def _ship_extension(path: str) -> None:
         raise PackageError(f"{path}: has the RUNPATH {':'.join(info.runpath or info.rpath)} "
                            "of the interpreter it was built with; expected patchelf to drop "
                            "it, found none (apt install patchelf)")
-    subprocess.run(["patchelf", "--remove-rpath", path], check=True, capture_output=True,
-                   timeout=60)
+    done = subprocess.run(["patchelf", "--remove-rpath", path], capture_output=True,
+                          text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise PackageError(f"patchelf --remove-rpath {path}: expected status 0, found "
+                           f"{done.returncode}: {done.stderr.strip() or 'no output'}")
 
 
 def copyright_text(license_text: str) -> str:
@@ -257,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         print(build(args[0]))
-    except (PackageError, distro.DistroError) as err:
+    except (PackageError, distro.DistroError, tomllib.TOMLDecodeError) as err:
         print(f"debpkg: error: {err}", file=sys.stderr)
         return 1
     except OSError as err:

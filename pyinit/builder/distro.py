@@ -249,7 +249,7 @@ LOCAL_SHUTDOWN_UNIT = "/etc/systemd/system/pyinit-shutdown.service"
 def hooks(tool: str, command: str) -> list[tuple[str, str]]:
     """The kernel hooks' paths and texts, written by TOOL, calling COMMAND (--install-hooks
     and the Debian package write the same ones)."""
-    guard = GUARD_TEXT.format(program=shlex.split(command)[0])
+    guard = GUARD_TEXT.format(program=shlex.quote(shlex.split(command)[0]))
     return [(POSTINST, POSTINST_TEXT.format(tool=tool, command=command, guard=guard,
                                             no_version=NO_VERSION_TEXT)),
             (POSTRM, POSTRM_TEXT.format(tool=tool, command=command, guard=guard,

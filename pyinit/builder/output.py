@@ -19,11 +19,11 @@ import re
 import sys
 import tempfile
 
-# The command's name in usage, errors and warnings: pyinit-mkinitramfs where the package
-# installed it under that name, else the checkout's mkinitramfs.py.
+# The command's name in usage, errors and warnings: pyinit-mkinitramfs (or update-initramfs)
+# where the package installed it under that name, else the checkout's mkinitramfs.py.
 INSTALLED = "pyinit-mkinitramfs"
-PROG = INSTALLED if os.path.basename(sys.argv[0] if sys.argv else "") == INSTALLED \
-    else "mkinitramfs.py"
+_RUN_AS = os.path.basename(sys.argv[0] if sys.argv else "")
+PROG = _RUN_AS if _RUN_AS in (INSTALLED, "update-initramfs") else "mkinitramfs.py"
 
 TEMP_PREFIX = ".pyinit-"
 TEMP_SUFFIX = ".tmp"

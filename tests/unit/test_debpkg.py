@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pyinit.builder import debpkg
+from pyinit.builder import debpkg, pyruntime
 
 
 def data_tar(deb: Path) -> tarfile.TarFile:
@@ -103,3 +103,50 @@ def test_a_bad_source_date_epoch_is_named(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     assert debpkg.source_date_epoch() == 1700000000
     assert os.environ["SOURCE_DATE_EPOCH"] == "1700000000"
+
+
+def test_a_group_writable_checkout_still_gives_fixed_modes(tmp_path: Path) -> None:
+    """A clone made under umask 002: the staged files are 0644/0755 all the same."""
+    repo = tmp_path / "repo"
+    source = Path(pyruntime.PYINIT_SRC)
+    shutil.copytree(source / "pyinit", repo / "pyinit",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(source / "rootfs-skel", repo / "rootfs-skel")
+    for name in ("pyproject.toml", "LICENSE"):
+        shutil.copy(source / name, repo / name)
+    for path in [repo, *repo.rglob("*")]:
+        path.chmod(path.stat().st_mode | 0o020)
+    root = tmp_path / "root"
+    debpkg.stage(str(root), repo=str(repo))
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode & 0o7777
+        assert mode in ((0o755,) if path.is_dir() else (0o644, 0o755)), (path, oct(mode))
+
+
+def test_the_ar_members_carry_the_epoch_too(deb: Path) -> None:
+    data = deb.read_bytes()
+    assert data.startswith(b"!<arch>\n")
+    offset, mtimes = 8, []
+    while offset < len(data):
+        header = data[offset:offset + 60]
+        mtimes.append(int(header[16:28]))
+        size = int(header[48:58])
+        offset += 60 + size + (size & 1)
+    assert mtimes == [debpkg.source_date_epoch()] * 3
+
+
+def test_the_trigger_is_activated_with_dpkgs_own_words(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyinit.builder import updateinitramfs
+
+    record = tmp_path / "argv"
+    fake = tmp_path / "dpkg-trigger"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {record}\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    assert updateinitramfs.activate_trigger()
+    assert record.read_text() == "--no-await update-initramfs\n"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    assert not updateinitramfs.activate_trigger()

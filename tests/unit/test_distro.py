@@ -334,3 +334,17 @@ def test_the_debian_package_writes_the_same_hooks(tmp_path: Path) -> None:
         assert written == text, path
     postinst = (tmp_path / distro.POSTINST.lstrip("/")).read_text()
     assert "expected the kernel version" in postinst
+
+
+def test_a_hook_for_a_command_in_a_path_with_a_space_still_runs(tmp_path: Path) -> None:
+    where = tmp_path / "my tools"
+    where.mkdir()
+    record = tmp_path / "calls"
+    recorder = where / "recorder"
+    recorder.write_text(f'#!/bin/sh\necho "$@" >> {record}\n')
+    recorder.chmod(0o755)
+    import shlex
+
+    written = distro.install_hooks(str(tmp_path / "root"), command=shlex.quote(str(recorder)))
+    done = run(Path(written[0]), "6.1.0-9-amd64", "/boot/vmlinuz-6.1.0-9-amd64")
+    assert done.stderr == "" and calls(record) == ["--update 6.1.0-9-amd64"]
