@@ -5,9 +5,10 @@ Grammar (any of them asks; a value that turns it off, or no key, asks nothing):
 - dracut's ``rd.overlay`` or ``rd.overlay=tmpfs[:size=N,nr_blocks=N,nr_inodes=N]``;
   ``rd.overlay=0`` turns it off;
 - Ubuntu's ``overlayroot=tmpfs``, ``overlayroot=disabled``;
-- systemd's ``systemd.volatile=overlay``, ``systemd.volatile=no``.
+- systemd's ``systemd.volatile=overlay``, ``systemd.volatile=no`` (``state`` is the real
+  root's: its fstab-generator mounts /var).
 An upper layer on a partition (``rd.overlay=DEVSPEC``, ``overlayroot=/dev/X``) and
-``systemd.volatile=yes|state`` are refused in one line naming the forms this image takes.
+``systemd.volatile=yes`` are refused in one line naming the forms this image takes.
 
 The root is mounted read-only on /sysroot as for any boot (rootflags= apply to it, never to
 the overlay), then moved to /run/rootfsbase (dracut's place for the lower layer); a tmpfs
@@ -49,14 +50,19 @@ class Request(NamedTuple):
     tmpfs_options: str  # size=..., for the upper layer's tmpfs ("" for the kernel's default)
 
 
+TRUE = ("1", "yes", "y", "true", "t", "on")  # systemd's parse_boolean(); dracut's bare key
+FALSE = ("0", "no", "n", "false", "f", "off")
+
+
 def _tmpfs_options(key: str, value: str, text: str) -> str:
     options = []
     for option in (o for o in text.split(",") if o):
         name, sep, setting = option.partition("=")
-        if name not in TMPFS_OPTIONS or not sep or not TMPFS_VALUE.fullmatch(setting):
-            raise OverlayError(f"{key}={value}: expected tmpfs options "
-                               f"{'=N, '.join(TMPFS_OPTIONS)}=N (N, Nk, Nm, Ng or N%), "
-                               f"found {option}")
+        good = name in TMPFS_OPTIONS and sep and TMPFS_VALUE.fullmatch(setting) \
+            and (name == "size" or not setting.endswith("%"))
+        if not good:
+            raise OverlayError(f"{key}={value}: expected tmpfs options size=N (N, Nk, Nm, Ng "
+                               f"or N%), nr_blocks=N, nr_inodes=N, found {option}")
         options.append(f"{name}={setting}")
     return ",".join(options)
 
@@ -72,12 +78,12 @@ def request(params: Mapping[str, str | None]) -> Request | None:
     asked: list[Request] = []
     if "rd.overlay" in params:
         value = params["rd.overlay"]
-        if value is None or value == "tmpfs":
+        if value is None or value == "tmpfs" or value.lower() in TRUE:
             asked.append(Request("rd.overlay", ""))
         elif value.startswith("tmpfs:"):
             asked.append(Request("rd.overlay", _tmpfs_options("rd.overlay", value,
                                                               value.removeprefix("tmpfs:"))))
-        elif value not in ("0", "no", "false"):
+        elif value.lower() not in FALSE:
             raise _persistent("rd.overlay", value)
     if "overlayroot" in params:
         value = params["overlayroot"] or ""
@@ -89,13 +95,15 @@ def request(params: Mapping[str, str | None]) -> Request | None:
             raise OverlayError(f"overlayroot={value}: expected tmpfs or disabled")
     if "systemd.volatile" in params:
         value = params["systemd.volatile"]
-        if value == "overlay":
+        word = "yes" if value is None else value.lower()
+        if word == "overlay":
             asked.append(Request("systemd.volatile", ""))
-        elif value in ("yes", "state"):
-            raise OverlayError(f"systemd.volatile={value}: not supported by this pyinit; "
-                               f"expected overlay or no")
-        elif value not in ("no", "false", "0"):
-            raise OverlayError(f"systemd.volatile={value}: expected overlay or no")
+        elif word in TRUE:
+            shown = "systemd.volatile" if value is None else f"systemd.volatile={value}"
+            raise OverlayError(f"{shown}: a tmpfs root with /usr from the image is not "
+                               "supported by this pyinit; expected overlay, state or no")
+        elif word != "state" and word not in FALSE:  # state: the real root's fstab-generator
+            raise OverlayError(f"systemd.volatile={value}: expected overlay, state or no")
     return asked[0] if asked else None
 
 
@@ -145,10 +153,15 @@ def mount(asked: Request, target: str, load_alias: Callable[[str], object],
         except OSError as err:
             raise OverlayError(f"{asked.key}: cannot mount the overlay on {target} "
                                f"({layers}): {os.strerror(err.errno or 0)}") from err
+        try:
+            _volatile_root(device, volatile_root)
+        except OSError as err:
+            syscalls.umount2(target, syscalls.MNT_DETACH)
+            raise OverlayError(f"{asked.key}: cannot write {volatile_root}: "
+                               f"{os.strerror(err.errno or 0)}") from err
     except BaseException:
         _put_back(target, lower, upper_fs if tmpfs_mounted else None)
         raise
-    _volatile_root(device, volatile_root)
     emit("overlay_mounted", key=asked.key, lower=lower, upper=f"{upper_fs}/upper",
          upper_type="tmpfs", options=asked.tmpfs_options or "default")
 

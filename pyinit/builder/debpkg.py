@@ -66,7 +66,8 @@ PRERM = f"""#!/bin/sh
 set -e
 case "$1" in
   remove|upgrade|deconfigure)
-    find {SITE}/pyinit -depth -type d -name __pycache__ -exec rm -rf {{}} + ;;
+    [ ! -d {SITE}/pyinit ] || \
+      find {SITE}/pyinit -depth -type d -name __pycache__ -exec rm -rf {{}} + ;;
 esac
 exit 0
 """
@@ -263,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         print(build(args[0]))
-    except (PackageError, distro.DistroError, tomllib.TOMLDecodeError) as err:
+    except (PackageError, distro.DistroError, tomllib.TOMLDecodeError,
+            subprocess.TimeoutExpired) as err:
         print(f"debpkg: error: {err}", file=sys.stderr)
         return 1
     except OSError as err:

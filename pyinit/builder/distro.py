@@ -249,7 +249,11 @@ LOCAL_SHUTDOWN_UNIT = "/etc/systemd/system/pyinit-shutdown.service"
 def hooks(tool: str, command: str) -> list[tuple[str, str]]:
     """The kernel hooks' paths and texts, written by TOOL, calling COMMAND (--install-hooks
     and the Debian package write the same ones)."""
-    guard = GUARD_TEXT.format(program=shlex.quote(shlex.split(command)[0]))
+    words = shlex.split(command)
+    guard = GUARD_TEXT.format(program=shlex.quote(words[0]))
+    if words[1:2] == ["-m"]:  # an interpreter and pyinit's module: the module may be gone
+        guard += (f"\n{shlex.quote(words[0])} -c 'import {words[2]}' 2>/dev/null || exit 0"
+                  "  # nor pyinit's module")
     return [(POSTINST, POSTINST_TEXT.format(tool=tool, command=command, guard=guard,
                                             no_version=NO_VERSION_TEXT)),
             (POSTRM, POSTRM_TEXT.format(tool=tool, command=command, guard=guard,

@@ -39,10 +39,11 @@ def site_dirs() -> list[str]:
 
     executable = os.path.abspath(sys.executable)
     dirs: list[str] = []
-    for directory in (os.path.dirname(executable), os.path.dirname(os.path.dirname(executable))):
+    base = os.path.dirname(os.path.dirname(executable))  # site.py's venv prefix, always
+    for directory in (os.path.dirname(executable), base):
         cfg = os.path.join(directory, "pyvenv.cfg")
         if os.path.isfile(cfg):
-            paths = {"base": directory, "platbase": directory}
+            paths = {"base": base, "platbase": base}
             dirs = [sysconfig.get_path(p, "venv", vars=paths) for p in ("purelib", "platlib")]
             if not _venv_includes_system(cfg):
                 return list(dict.fromkeys(dirs))
@@ -51,13 +52,14 @@ def site_dirs() -> list[str]:
 
 
 def _venv_includes_system(cfg: str) -> bool:
-    """include-system-site-packages = true in a venv's pyvenv.cfg (site.py's own reading)."""
+    """include-system-site-packages in a venv's pyvenv.cfg, read as site.py reads it: true
+    unless the key says otherwise."""
     with open(cfg, encoding="utf-8", errors="replace") as fh:
         for line in fh:
             key, sep, value = line.partition("=")
             if sep and key.strip().lower() == "include-system-site-packages":
                 return value.strip().lower() == "true"
-    return False
+    return True
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import getopt
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,8 @@ from functools import cmp_to_key
 
 from pyinit.builder import distro
 
+DIGITS = "0123456789"
+PRERELEASE = re.compile(r"-(rc|trunk)")
 USAGE = "usage: update-initramfs -c|-u|-d [-k KVER|all] [-b DIR] [-v]"
 PACKAGE = "pyinit"  # the package whose trigger this is: its own postinst never defers
 
@@ -37,9 +40,9 @@ def _order(char: str) -> int:
     then everything else."""
     if char == "~":
         return -1
-    if char.isdigit():
+    if char in DIGITS:
         return 0
-    if char.isalpha():
+    if char.isascii() and char.isalpha():
         return ord(char)
     return ord(char) + 256
 
@@ -49,7 +52,7 @@ def _compare_part(a: str, b: str) -> int:
     i = j = 0
     while i < len(a) or j < len(b):
         first_diff = 0
-        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
+        while (i < len(a) and a[i] not in DIGITS) or (j < len(b) and b[j] not in DIGITS):
             ac = _order(a[i]) if i < len(a) else 0
             bc = _order(b[j]) if j < len(b) else 0
             if ac != bc:
@@ -59,13 +62,13 @@ def _compare_part(a: str, b: str) -> int:
             i += 1
         while j < len(b) and b[j] == "0":
             j += 1
-        while i < len(a) and a[i].isdigit() and j < len(b) and b[j].isdigit():
+        while i < len(a) and a[i] in DIGITS and j < len(b) and b[j] in DIGITS:
             if not first_diff:
                 first_diff = ord(a[i]) - ord(b[j])
             i, j = i + 1, j + 1
-        if i < len(a) and a[i].isdigit():
+        if i < len(a) and a[i] in DIGITS:
             return 1
-        if j < len(b) and b[j].isdigit():
+        if j < len(b) and b[j] in DIGITS:
             return -1
         if first_diff:
             return first_diff
@@ -74,7 +77,7 @@ def _compare_part(a: str, b: str) -> int:
 
 def _split(version: str) -> tuple[int, str, str]:
     epoch, sep, rest = version.partition(":")
-    if not sep or not epoch.isdigit():
+    if not sep or not epoch or any(c not in DIGITS for c in epoch):
         epoch, rest = "0", version
     upstream, sep, revision = rest.rpartition("-")
     if not sep:
@@ -91,8 +94,14 @@ def compare_versions(a: str, b: str) -> int:
     return _compare_part(ua, ub) or _compare_part(ra, rb)
 
 
+def compare_kernels(a: str, b: str) -> int:
+    """As linux-version sort (initramfs-tools' set_highest_version) orders kernel releases:
+    dpkg's order, with -rc and -trunk before the release they lead to."""
+    return compare_versions(PRERELEASE.sub(r"~\1", a), PRERELEASE.sub(r"~\1", b))
+
+
 def newest(versions: Sequence[str]) -> str | None:
-    return max(versions, key=cmp_to_key(compare_versions), default=None)
+    return max(versions, key=cmp_to_key(compare_kernels), default=None)
 
 
 def _say(text: str) -> None:
@@ -147,10 +156,9 @@ def plan(mode: str, version: str | None, boot: str, modules: str) -> list[tuple[
     if mode == "create":
         kernels = distro.installed_kernels(boot, modules) if version == "all" else [version]
         return [("--update", k) for k in kernels]
-    if version == "all":
-        images = sorted(n.removeprefix("initrd.img-") for n in os.listdir(boot)
-                        if n.startswith("initrd.img-"))
-        return [("--remove", k) for k in images]
+    if version == "all":  # the images of installed kernels, not every initrd.img-* file
+        return [("--remove", k) for k in distro.installed_kernels(boot, modules)
+                if has_image(k)]
     return [("--remove", version)]
 
 

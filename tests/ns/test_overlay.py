@@ -98,3 +98,25 @@ def test_a_kernel_without_overlay_says_which_module(tmp_path: Path,
         overlay.mount(overlay.Request("rd.overlay", ""), str(tmp_path), asked.append,
                       lambda e, **f: None, **paths(str(tmp_path)))
     assert asked == ["fs-overlay"]
+
+
+def test_a_volatile_root_that_cannot_be_written_takes_the_overlay_down(tmp_path: Path) -> None:
+    top = str(tmp_path)
+
+    def body() -> dict[str, Any]:
+        root = read_only_root(top)
+        Path(f"{top}/afile").write_text("")
+        where = {**paths(top), "volatile_root": f"{top}/afile/volatile-root"}
+        try:
+            overlay.mount(overlay.Request("rd.overlay", ""), root, lambda alias: None,
+                          lambda e, **f: None, **where)
+        except overlay.OverlayError as err:
+            message = str(err)
+        with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+            kinds = {line.split()[4]: line.split(" - ")[1].split()[0] for line in fh}
+        return {"message": message, "root": kinds.get(root),
+                "left": [p for p in kinds if p.startswith(f"{top}/run")]}
+
+    seen = in_namespace(body)
+    assert seen["message"].startswith("rd.overlay: cannot write ") and seen["root"] == "tmpfs"
+    assert seen["left"] == []

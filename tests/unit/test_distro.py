@@ -348,3 +348,12 @@ def test_a_hook_for_a_command_in_a_path_with_a_space_still_runs(tmp_path: Path) 
     written = distro.install_hooks(str(tmp_path / "root"), command=shlex.quote(str(recorder)))
     done = run(Path(written[0]), "6.1.0-9-amd64", "/boot/vmlinuz-6.1.0-9-amd64")
     assert done.stderr == "" and calls(record) == ["--update 6.1.0-9-amd64"]
+
+
+def test_a_hook_calling_a_module_does_nothing_once_the_module_is_gone(tmp_path: Path) -> None:
+    import shlex
+
+    command = f"{shlex.quote(sys.executable)} -m pyinit_no_such_module.cli"
+    written = distro.install_hooks(str(tmp_path / "root"), command=command)
+    done = run(Path(written[0]), "6.1.0-9-amd64", "/boot/vmlinuz-6.1.0-9-amd64", check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")

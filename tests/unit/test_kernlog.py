@@ -28,18 +28,26 @@ def test_only_the_kernels_own_records_are_quoted() -> None:
     assert kernlog.quoted(("a", "b")) == ' (the kernel said: "a"; "b")'
 
 
-@pytest.mark.skipif(not os.access("/dev/kmsg", os.R_OK | os.W_OK), reason="needs /dev/kmsg")
-def test_a_watch_reads_only_what_came_after_it() -> None:
-    """On this machine's /dev/kmsg: what the ring held before is not read again, and a
-    program's record written meanwhile is not the kernel's."""
+@pytest.mark.skipif(not os.access("/dev/kmsg", os.R_OK) or os.geteuid() != 0,
+                    reason="needs /dev/kmsg and root")
+def test_a_watch_reads_what_the_kernel_said_after_it_and_only_that() -> None:
+    """On this machine's kernel: drop_caches makes the kernel itself log a line (facility 0).
+    A watch started before it quotes the line, one started after does not, and a program's
+    own record is never quoted."""
     before = kernlog.Watch()
+    with open("/proc/sys/vm/drop_caches", "w", encoding="ascii") as fh:
+        fh.write("1")
     fd = os.open("/dev/kmsg", os.O_WRONLY)
     try:
         os.write(fd, b"<3>pyinit-test: not the kernel's\n")
     finally:
         os.close(fd)
-    assert not any("pyinit-test" in line for line in before.lines())
+    after = kernlog.Watch()
+    said = before.lines()
+    assert any("drop_caches: 1" in line for line in said), said
+    assert not any("pyinit-test" in line for line in said)
     assert before.fd is None  # lines() closes it
+    assert not any("drop_caches" in line for line in after.lines())
     assert kernlog.Watch("/nonexistent").lines() == ()
 
 

@@ -20,6 +20,10 @@ from pyinit.overlay import OverlayError, Request
     ("overlayroot=disabled", None),
     ("systemd.volatile=overlay", Request("systemd.volatile", "")),
     ("systemd.volatile=no", None),
+    ("systemd.volatile=off", None),
+    ("systemd.volatile=state", None),  # the real root's systemd mounts /var
+    ("rd.overlay=1", Request("rd.overlay", "")),
+    ("rd.overlay=yes", Request("rd.overlay", "")),
     ("root=/dev/vda ro", None),
     # dracut's key first when several ask
     ("systemd.volatile=overlay rd.overlay=tmpfs:size=1g", Request("rd.overlay", "size=1g")),
@@ -35,15 +39,17 @@ def test_what_the_line_asks(line: str, expected: Request | None) -> None:
     ("rd.overlay=LABEL=data", "rd.overlay=LABEL=data: an upper layer on a partition is not "
                               "supported by this pyinit; expected rd.overlay[=tmpfs[:size=N]], "
                               "overlayroot=tmpfs, systemd.volatile=overlay"),
-    ("rd.overlay=tmpfs:size=lots", "rd.overlay=tmpfs:size=lots: expected tmpfs options size=N, "
-                                   "nr_blocks=N, nr_inodes=N (N, Nk, Nm, Ng or N%), found "
+    ("rd.overlay=tmpfs:size=lots", "rd.overlay=tmpfs:size=lots: expected tmpfs options size=N "
+                                   "(N, Nk, Nm, Ng or N%), nr_blocks=N, nr_inodes=N, found "
                                    "size=lots"),
+    ("rd.overlay=tmpfs:nr_inodes=50%", "found nr_inodes=50%"),
     ("rd.overlay=tmpfs:mode=0777", "found mode=0777"),
     ("overlayroot=/dev/vdb", "overlayroot=/dev/vdb: an upper layer on a partition"),
     ("overlayroot=sometimes", "overlayroot=sometimes: expected tmpfs or disabled"),
-    ("systemd.volatile=yes", "systemd.volatile=yes: not supported by this pyinit; expected "
-                             "overlay or no"),
-    ("systemd.volatile=overlayfs", "systemd.volatile=overlayfs: expected overlay or no"),
+    ("systemd.volatile=yes", "systemd.volatile=yes: a tmpfs root with /usr from the image is "
+                             "not supported by this pyinit; expected overlay, state or no"),
+    ("systemd.volatile", "systemd.volatile: a tmpfs root"),
+    ("systemd.volatile=overlayfs", "systemd.volatile=overlayfs: expected overlay, state or no"),
 ])
 def test_forms_it_cannot_mount_are_one_line(line: str, message: str) -> None:
     with pytest.raises(OverlayError) as err:

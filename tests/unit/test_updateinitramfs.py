@@ -24,6 +24,16 @@ def test_debian_version_order(newer: str, older: str) -> None:
     assert ui.newest([older, newer, older]) == newer
 
 
+def test_kernel_order_puts_release_candidates_first() -> None:
+    """linux-version sort: 6.13-rc7 comes before 6.13, -trunk before -1 (dpkg alone would
+    say otherwise)."""
+    assert ui.compare_versions("6.13-rc7-amd64", "6.13-amd64") > 0
+    assert ui.newest(["6.13-rc7-amd64", "6.13-amd64"]) == "6.13-amd64"
+    assert ui.newest(["6.1.0-trunk-amd64", "6.1.0-1-amd64"]) == "6.1.0-1-amd64"
+    # Not ASCII: no traceback, an order all the same.
+    assert ui.compare_versions("\u00b2:1", "1") != 0 and ui.compare_versions("1.\u0663", "1.3")
+
+
 @pytest.fixture()
 def tree(tmp_path: Path) -> tuple[Path, Path]:
     """Three installed kernels; images for two of them (not the newest)."""
@@ -81,6 +91,9 @@ def test_create_and_delete(tree: tuple[Path, Path]) -> None:
     assert [k for _, k in call(tree, "-c", "-k", "all")[1]] == [
         "6.1.0-10-amd64", "6.1.0-11-amd64", "6.1.0-9-amd64"]
     assert call(tree, "-d", "-k", "6.1.0-9-amd64")[:2] == (0, [["--remove", "6.1.0-9-amd64"]])
+    boot, _ = tree
+    (boot / "initrd.img-6.1.0-9-amd64.bak").write_text("a copy")
+    (boot / "initrd.img-5.10.0-1-amd64").write_text("a kernel no longer installed")
     assert call(tree, "-d", "-k", "all")[:2] == (0, [["--remove", "6.1.0-10-amd64"],
                                                      ["--remove", "6.1.0-9-amd64"]])
 
