@@ -124,11 +124,21 @@ def in_chroot(root: str, command: str, env: dict[str, str] | None = None
 
 
 def install_deb(root: str, deb: str) -> str:
-    """dpkg -i DEB in ROOT; returns what dpkg said (raises when it failed)."""
+    """apt-get install ./DEB in ROOT, as the README says: apt resolves DEB's dependencies
+    from the machine's Debian mirror (its lists fetched once). Returns what apt and dpkg
+    said (raises when they failed)."""
+    if not os.path.exists(os.path.join(root, "etc/resolv.conf")) or \
+            os.path.getsize(os.path.join(root, "etc/resolv.conf")) == 0:
+        shutil.copy("/etc/resolv.conf", os.path.join(root, "etc/resolv.conf"))
+    lists = os.path.join(root, "var/lib/apt/lists")
+    update = "" if os.path.isdir(lists) and any(n.endswith("_Packages") for n in
+                                                os.listdir(lists)) else "apt-get update -q && "
     shutil.copy(deb, os.path.join(root, "tmp"))
-    done = in_chroot(root, f"dpkg -i /tmp/{os.path.basename(deb)}")
+    done = in_chroot(root, f"{update}apt-get install -y -q --no-install-recommends "
+                           f"/tmp/{os.path.basename(deb)}",
+                     env={"DEBIAN_FRONTEND": "noninteractive"})
     if done.returncode != 0:
-        raise RuntimeError(f"dpkg -i {deb} in {root}: {done.stdout}{done.stderr}")
+        raise RuntimeError(f"apt-get install {deb} in {root}: {done.stdout}{done.stderr}")
     os.unlink(os.path.join(root, "tmp", os.path.basename(deb)))
     return done.stdout + done.stderr
 
