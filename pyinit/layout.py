@@ -30,7 +30,7 @@ UDEV_MODES = ("always", "storage")
 STORAGE_FILE = "/etc/pyinit/storage"  # the storage stacks the image carries, one a line
 # Each storage stack's command-line keys (KEY, KEY=..., KEY.SUB=...): the init checks them
 # even in an image that carries no stack, without importing pyinit.storage for a plain root.
-# The overlay's command-line keys: only a line that has one imports pyinit.overlay.
-OVERLAY_KEYS = ("rd.overlay", "overlayroot", "systemd.volatile")
 STORAGE_KEYS = {"luks": ("rd.luks", "luks"), "lvm": ("rd.lvm",), "mdraid": ("rd.md",),
                 "btrfs": ()}
+# The overlay's command-line keys: only a line that has one imports pyinit.overlay.
+OVERLAY_KEYS = ("rd.overlay", "overlayroot", "systemd.volatile")

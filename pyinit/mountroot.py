@@ -52,12 +52,13 @@ def split_options(options: str | None, read_only: bool) -> tuple[int, str]:
     return flags, ",".join(data)
 
 
-def filesystems(proc_filesystems: str = "/proc/filesystems") -> list[str]:
-    """Block-device filesystem types the kernel knows now (modules loaded so far included)."""
+def filesystems(proc_filesystems: str = "/proc/filesystems", nodev: bool = False) -> list[str]:
+    """Block-device filesystem types the kernel knows now (modules loaded so far included);
+    with NODEV, those that need no device too (tmpfs, overlay)."""
     try:
         with open(proc_filesystems, encoding="utf-8") as fh:
             return [line.split()[-1] for line in fh
-                    if line.strip() and not line.startswith("nodev")]
+                    if line.strip() and (nodev or not line.startswith("nodev"))]
     except OSError:
         return []
 

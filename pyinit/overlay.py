@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
-from pyinit import syscalls
+from pyinit import mountroot, syscalls
 
 LOWER = "/run/rootfsbase"
 UPPER_FS = "/run/overlayfs"  # the tmpfs; upper/ and work/ inside
@@ -108,11 +108,7 @@ def request(params: Mapping[str, str | None]) -> Request | None:
 
 
 def known(name: str = "overlay", proc_filesystems: str = "/proc/filesystems") -> bool:
-    try:
-        with open(proc_filesystems, encoding="utf-8") as fh:
-            return any(line.split()[-1:] == [name] for line in fh)
-    except OSError:
-        return False
+    return name in mountroot.filesystems(proc_filesystems, nodev=True)
 
 
 def mount(asked: Request, target: str, load_alias: Callable[[str], object],
