@@ -18,9 +18,10 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+from typing import Any
 
 from pyinit import layout
-from pyinit.builder import distro, elfdeps, output, pyruntime
+from pyinit.builder import distro, elfdeps, image, output, pyruntime
 
 COMMAND = f"/usr/sbin/{output.INSTALLED}"
 SITE = "/usr/lib/python3/dist-packages"
@@ -77,9 +78,14 @@ class PackageError(ValueError):
     """The package cannot be built; the message names what was expected and found."""
 
 
-def version(repo: str = pyruntime.PYINIT_SRC) -> str:
+def _project(repo: str) -> dict[str, Any]:
     with open(os.path.join(repo, "pyproject.toml"), "rb") as fh:
-        found = tomllib.load(fh).get("project", {}).get("version")
+        project = tomllib.load(fh).get("project", {})
+    return project if isinstance(project, dict) else {}
+
+
+def version(repo: str = pyruntime.PYINIT_SRC) -> str:
+    found = _project(repo).get("version")
     if not isinstance(found, str) or not found:
         raise PackageError("pyproject.toml: expected [project] version, found none")
     return found
@@ -87,8 +93,7 @@ def version(repo: str = pyruntime.PYINIT_SRC) -> str:
 
 def maintainer(repo: str = pyruntime.PYINIT_SRC) -> str:
     """pyproject.toml's first maintainer, as Debian writes it: NAME <EMAIL>."""
-    with open(os.path.join(repo, "pyproject.toml"), "rb") as fh:
-        people = tomllib.load(fh)["project"].get("maintainers", [])
+    people = _project(repo).get("maintainers", [])
     if not people or "name" not in people[0] or "email" not in people[0]:
         raise PackageError("pyproject.toml: expected [project] maintainers with a name and "
                            "an email, found none")
@@ -115,14 +120,17 @@ def _write(root: str, path: str, text: str | bytes, mode: int = 0o644) -> None:
     os.chmod(full, mode)
 
 
-def stage(root: str, repo: str = pyruntime.PYINIT_SRC) -> None:
-    """The package's files under ROOT (DEBIAN/ included)."""
+def stage(root: str, repo: str = pyruntime.PYINIT_SRC, epoch: int | None = None) -> None:
+    """The package's files under ROOT (DEBIAN/ included), with fixed modes and every mtime
+    EPOCH (default: source_date_epoch(REPO))."""
     package = os.path.join(repo, "pyinit")
     compiled = [n for n in os.listdir(package) if n.startswith("_syscalls.") and
                 n.endswith(".so")]
     if not compiled:
         raise PackageError(f"{package}: expected the compiled cffi module (_syscalls.*.so), "
                            "found none: run bash .ci/install (or pip install -e .) first")
+    ver, who = version(repo), maintainer(repo)
+    epoch = source_date_epoch(repo) if epoch is None else epoch
     shutil.copytree(package, os.path.join(root, SITE.lstrip("/"), "pyinit"),
                     ignore=shutil.ignore_patterns("__pycache__", "*.c", "*.o"))
     for name in compiled:
@@ -130,8 +138,7 @@ def stage(root: str, repo: str = pyruntime.PYINIT_SRC) -> None:
     shutil.copytree(os.path.join(repo, "rootfs-skel"), os.path.join(root, SKELETON.lstrip("/")))
     with open(os.path.join(repo, "LICENSE"), encoding="utf-8") as fh:
         _write(root, f"{DOC}/copyright", copyright_text(fh.read()))
-    _write(root, f"{DOC}/changelog.gz", changelog(version(repo), maintainer(repo),
-                                                  source_date_epoch(repo)))
+    _write(root, f"{DOC}/changelog.gz", changelog(ver, who, epoch))
     _write(root, COMMAND, ENTRY, 0o755)
     _write(root, "/usr/sbin/update-initramfs", UPDATE_INITRAMFS, 0o755)
     for path, text in distro.hooks("the pyinit package", COMMAND):
@@ -145,12 +152,12 @@ def stage(root: str, repo: str = pyruntime.PYINIT_SRC) -> None:
                os.path.join(wants, os.path.basename(distro.SHUTDOWN_UNIT)))
     size_kb = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root)
                   for f in files) // 1024
-    _write(root, "DEBIAN/control", control(version(repo), size_kb, maintainer(repo)))
+    _write(root, "DEBIAN/control", control(ver, size_kb, who))
     _write(root, "DEBIAN/conffiles", f"{distro.POSTINST}\n{distro.POSTRM}\n")
     _write(root, "DEBIAN/triggers", "interest-noawait update-initramfs\n")
     _write(root, "DEBIAN/postinst", POSTINST, 0o755)
     _write(root, "DEBIAN/prerm", PRERM, 0o755)
-    fix_modes(root)
+    settle(root, epoch)
 
 
 def _ship_extension(path: str) -> None:
@@ -197,17 +204,17 @@ def changelog(ver: str, who: str, epoch: int) -> bytes:
     return gzip.compress(text.encode(), compresslevel=9, mtime=0)
 
 
-def fix_modes(root: str) -> None:
-    """Modes by kind, never the checkout's (a umask 002 clone is group-writable): 0755 for
-    directories and for files any execute bit marks as programs, 0644 for the rest."""
-    for directory, _dirs, files in os.walk(root):
-        os.chmod(directory, 0o755)
-        for name in files:
+def settle(root: str, epoch: int) -> None:
+    """Every file and directory under ROOT: image.fixed_mode and mtime EPOCH (links keep
+    their own mode and get the mtime)."""
+    for directory, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
             path = os.path.join(directory, name)
-            if os.path.islink(path):
-                continue
-            program = os.stat(path).st_mode & 0o111
-            os.chmod(path, 0o755 if program else 0o644)
+            if not os.path.islink(path):
+                os.chmod(path, image.fixed_mode(os.stat(path).st_mode))
+            os.utime(path, (epoch, epoch), follow_symlinks=False)
+    os.chmod(root, 0o755)
+    os.utime(root, (epoch, epoch))
 
 
 def source_date_epoch(repo: str = pyruntime.PYINIT_SRC) -> int:
@@ -240,11 +247,7 @@ def build(outdir: str) -> str:
     epoch = source_date_epoch()
     with tempfile.TemporaryDirectory(prefix="pyinit-deb-") as tmp:
         root = os.path.join(tmp, "root")
-        stage(root)
-        for directory, dirs, files in os.walk(root):
-            for name in [*dirs, *files]:
-                os.utime(os.path.join(directory, name), (epoch, epoch), follow_symlinks=False)
-        os.utime(root, (epoch, epoch))
+        stage(root, epoch=epoch)
         path = os.path.join(outdir, f"pyinit_{version()}_amd64.deb")
         done = subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", root, path],
                               capture_output=True, text=True, timeout=600, check=False,

@@ -154,8 +154,7 @@ class Image:
                     self.add_symlink(target, os.readlink(host), part)
                     continue
                 st, content = _read_host(host, None)
-                program = st.st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-                self.add_bytes(target, content, 0o755 if program else 0o644, part)
+                self.add_bytes(target, content, fixed_mode(st.st_mode), part)
 
     def written(self) -> list[tuple[str, cpio.Entry]]:
         return [(p, e) for p, e in self.entries.items() if p not in self.base]
@@ -191,6 +190,12 @@ class Image:
         buffer = io.BytesIO()
         cpio.write(buffer, [e for _, e in self.written()], mtime)
         return buffer.getvalue()
+
+
+def fixed_mode(mode: int) -> int:
+    """The mode a shipped file gets whatever its checkout had (a umask 002 clone is
+    group-writable): 0755 for directories and for files with any execute bit, else 0644."""
+    return 0o755 if stat.S_ISDIR(mode) or mode & 0o111 else 0o644
 
 
 def _read_host(path: str, data: bytes | None) -> tuple[os.stat_result, bytes]:
