@@ -10,6 +10,8 @@ import os
 import stat
 from collections.abc import Mapping
 
+from pyinit import kernlog
+
 DEFAULT_INITS = ("/sbin/init", "/etc/init", "/bin/init", "/bin/sh")
 
 
@@ -110,17 +112,11 @@ def kernel_ran_init(kmsg: str = "/dev/kmsg") -> int | None:
     except OSError:
         return None
     try:
-        for _ in range(100000):  # the ring holds far fewer records
-            try:
-                record = os.read(fd, 8192)
-            except BlockingIOError:
-                return None  # the end: not there (overwritten, or a differently named init)
-            except OSError:
-                continue  # EPIPE: records were overwritten while reading
+        for record in kernlog.records(fd, limit=100000):  # the ring holds far fewer
             head, _, message = record.partition(b";")
             if message.startswith(b"Run /init as init process"):
                 return int(head.split(b",")[2])
-        return None
+        return None  # not there (overwritten, or a differently named init)
     finally:
         os.close(fd)
 

@@ -10,11 +10,28 @@ what the attempt produced is read; without /dev/kmsg there is nothing to quote.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 KMSG = "/dev/kmsg"
 KEEP = 3  # the kernel's last lines quoted
 MAX_RECORDS = 10000  # bound on one read-out: the ring holds far fewer
 MAX_LINE = 200
+
+
+def records(fd: int, limit: int = MAX_RECORDS) -> Iterator[bytes]:
+    """The records of /dev/kmsg open non-blocking on FD, from its position to the end, one
+    read each. A read that fails (EPIPE: records were overwritten while reading) is skipped;
+    at most LIMIT reads, so a device that keeps failing cannot hold the caller."""
+    for _ in range(limit):
+        try:
+            record = os.read(fd, 8192)
+        except BlockingIOError:
+            return  # the end
+        except OSError:
+            continue
+        if not record:
+            return
+        yield record
 
 
 def _kernel_message(record: bytes) -> str | None:
@@ -47,22 +64,8 @@ class Watch:
         """The kernel's last KEEP messages since the watch began; closes the watch."""
         if self.fd is None:
             return ()
-        said: list[str] = []
         try:
-            for _ in range(MAX_RECORDS):
-                try:
-                    record = os.read(self.fd, 8192)
-                except BlockingIOError:
-                    break  # the end
-                except BrokenPipeError:
-                    continue  # records were overwritten while reading: go on from the next
-                if not record:
-                    break
-                message = _kernel_message(record)
-                if message is not None:
-                    said.append(message)
-        except OSError:
-            pass  # what was read so far is still worth quoting
+            said = [m for m in map(_kernel_message, records(self.fd)) if m is not None]
         finally:
             self.close()
         return tuple(said[-KEEP:])
