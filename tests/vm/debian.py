@@ -112,24 +112,37 @@ def configure(root: str, fstab: str, crypttab: str = "") -> None:
         os.symlink("/etc/systemd/system/pyinit-probe.service", link)
 
 
-def in_chroot(root: str, command: str, env: dict[str, str] | None = None
+def in_chroot(root: str, command: str, env: dict[str, str] | None = None,
+              binds: tuple[tuple[str, str], ...] = (), timeout: float = 900
               ) -> subprocess.CompletedProcess[str]:
-    """COMMAND (sh) in ROOT, with /proc, /sys and /dev mounted in a private mount namespace:
-    nothing of it shows outside."""
-    script = (f"mount -t proc proc {root}/proc && mount -t sysfs sysfs {root}/sys && "
-              f"mount --bind /dev {root}/dev && chroot {root} /bin/sh -c {shlex.quote(command)}")
+    """COMMAND (sh) in ROOT, with /proc, /sys, /dev (and a tmpfs /dev/shm) mounted and
+    BINDS (host directory, path in ROOT) bound, in a private mount namespace: nothing of it
+    shows outside."""
+    mounts = [f"mount -t proc proc {root}/proc", f"mount -t sysfs sysfs {root}/sys",
+              f"mount --bind /dev {root}/dev", f"mount -t tmpfs tmpfs {root}/dev/shm"]
+    for source, target in binds:
+        inside = shlex.quote(f"{root}{target}")
+        mounts.append(f"mkdir -p {inside} && mount --bind {shlex.quote(source)} {inside}")
+    script = " && ".join([*mounts, f"chroot {root} /bin/sh -c {shlex.quote(command)}"])
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                          capture_output=True, text=True, timeout=900,
+                          capture_output=True, text=True, timeout=timeout,
                           env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **(env or {})})
+
+
+def network(root: str) -> None:
+    """ROOT resolves names as this machine does (apt reaches the machine's mirror)."""
+    conf = os.path.join(root, "etc/resolv.conf")
+    if not os.path.exists(conf) or os.path.getsize(conf) == 0:
+        if os.path.lexists(conf):
+            os.unlink(conf)
+        shutil.copy("/etc/resolv.conf", conf)
 
 
 def install_deb(root: str, deb: str) -> str:
     """apt-get install ./DEB in ROOT, as the README says: apt resolves DEB's dependencies
     from the machine's Debian mirror (its lists fetched once). Returns what apt and dpkg
     said (raises when they failed)."""
-    if not os.path.exists(os.path.join(root, "etc/resolv.conf")) or \
-            os.path.getsize(os.path.join(root, "etc/resolv.conf")) == 0:
-        shutil.copy("/etc/resolv.conf", os.path.join(root, "etc/resolv.conf"))
+    network(root)
     lists = os.path.join(root, "var/lib/apt/lists")
     update = "" if os.path.isdir(lists) and any(n.endswith("_Packages") for n in
                                                 os.listdir(lists)) else "apt-get update -q && "

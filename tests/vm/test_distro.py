@@ -232,7 +232,7 @@ def test_going_back_to_initramfs_tools_keeps_kernel_installs_working(
     top = tmp_path_factory.mktemp("back-to-initramfs-tools")
     root = str(top / "root")
     debian.unpack(root)
-    shutil.copy("/etc/resolv.conf", f"{root}/etc/resolv.conf")
+    debian.network(root)
     deb = debpkg.build(str(top))
     shutil.copy(deb, f"{root}/tmp/")
     env = {"DEBIAN_FRONTEND": "noninteractive"}

@@ -12,7 +12,6 @@ namespace.
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -45,26 +44,19 @@ def copy_checkout(dest: Path) -> None:
 def run_in(root: Path, command: str) -> subprocess.CompletedProcess[str]:
     """COMMAND as root in ROOT with the machine's network, DNS and pip set-up, the kernel
     cache bound in, and no services started (policy-rc.d)."""
-    binds = [(d, d) for d in PIP_DIRS if os.path.isdir(d)]
-    binds.append((kernels.CACHE, "/root/.cache/pyinit"))
-    mounts = [f"mount -t proc proc {root}/proc", f"mount -t sysfs sysfs {root}/sys",
-              f"mount --bind /dev {root}/dev", f"mount -t tmpfs tmpfs {root}/dev/shm"]
-    for source, target in binds:
-        inside = f"{root}{target}"
-        mounts.append(f"mkdir -p {shlex.quote(inside)} && mount --bind {shlex.quote(source)} "
-                      f"{shlex.quote(inside)}")
-    script = " && ".join([*mounts, f"chroot {root} /bin/bash -c {shlex.quote(command)}"])
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
+    binds = tuple((d, d) for d in PIP_DIRS if os.path.isdir(d))
+    env = {"HOME": "/root", "LANG": "C.UTF-8",
            **{k: v for k, v in os.environ.items() if k.startswith("PIP_")}}
-    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                          capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    return debian.in_chroot(str(root), command, env=env,
+                            binds=(*binds, (kernels.CACHE, "/root/.cache/pyinit")),
+                            timeout=TIMEOUT)
 
 
 @pytest.fixture(scope="module")
 def stock(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("stock-debian") / "root"
     debian.unpack(str(root))
-    shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
+    debian.network(str(root))
     for path in PIP_FILES:
         if os.path.isdir(path):
             shutil.copytree(path, root / path.lstrip("/"), dirs_exist_ok=True)
