@@ -54,6 +54,11 @@ int unshare(int flags);
 int reboot(int cmd);
 int pyinit_pivot_root(const char *new_root, const char *put_old);
 int pyinit_finit_module(int fd, const char *param_values, int flags);
+#define KEY_SPEC_THREAD_KEYRING ...
+#define KEYCTL_INVALIDATE ...
+long pyinit_add_key(const char *type, const char *description, const void *payload,
+                    size_t plen, int keyring);
+long pyinit_keyctl(int operation, long arg);
 
 /* libblkid: the prober udev itself uses (ID_FS_UUID, ID_PART_ENTRY_UUID, ...) */
 typedef struct blkid_struct_probe *blkid_probe;
@@ -85,6 +90,7 @@ SOURCE = """
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <linux/module.h>
+#include <linux/keyctl.h>
 #include <blkid/blkid.h>
 
 #ifndef MODULE_INIT_COMPRESSED_FILE
@@ -97,6 +103,17 @@ SOURCE = """
 static int pyinit_pivot_root(const char *new_root, const char *put_old)
 {
     return (int)syscall(SYS_pivot_root, new_root, put_old);
+}
+
+static long pyinit_add_key(const char *type, const char *description, const void *payload,
+                           size_t plen, int keyring)
+{
+    return syscall(SYS_add_key, type, description, payload, plen, keyring);
+}
+
+static long pyinit_keyctl(int operation, long arg)
+{
+    return syscall(SYS_keyctl, operation, arg);
 }
 
 static int pyinit_finit_module(int fd, const char *param_values, int flags)

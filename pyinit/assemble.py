@@ -37,8 +37,9 @@ class Discovery:
                  wait_forever: bool = False, emit: Callable[..., None] | None = None,
                  handlers: Sequence[Handler] = (), resume: RootSpec | None = None,
                  warn: Callable[..., None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, key: str = "root") -> None:
         self.spec = spec
+        self.key = key  # the command-line key that named SPEC, for the messages
         self.hotplug = hotplug
         self.timeout = timeout
         self.wait_forever = wait_forever
@@ -144,6 +145,6 @@ class Discovery:
 
     def not_found_message(self) -> str:
         waiting = [line for h in self.handlers for line in h.picture()]
-        return (f"no device matched root={self.spec.text} ({self.spec.describe()}) within "
+        return (f"no device matched {self.key}={self.spec.text} ({self.spec.describe()}) within "
                 f"{self.timeout:g} s; block devices seen: {self.seen_text()}"
                 + "".join(f"; {line}" for line in waiting))

@@ -18,6 +18,9 @@ from typing import NamedTuple
 from pyinit import layout
 from pyinit.rootspec import RootSpec, RootSpecError, parse_root
 
+# Every boolean key's words, as systemd's parse_boolean() (any case); the bare key is on.
+TRUE = ("1", "yes", "y", "true", "t", "on")
+FALSE = ("0", "no", "n", "false", "f", "off")
 WHITESPACE = frozenset(" \t\n\v\f\r")  # the kernel's isspace(), not Unicode's
 STAGES = ("cmdline", "modules", "discover", "mount", "switch_root")
 EMERGENCY_ACTIONS = ("shell", "reboot", "poweroff", "halt")
@@ -182,12 +185,13 @@ def _names(value: str | None) -> list[str]:
     return [n.strip().replace("-", "_") for n in (value or "").split(",") if n.strip()]
 
 
-def _boolean(key: str, value: str | None) -> bool:
-    if value in ("1", "yes", "true", "on", "y"):
+def boolean(key: str, value: str | None) -> bool:
+    """A boolean key's value, as systemd's parse_boolean() reads it; the bare key is on."""
+    if value is None or value.lower() in TRUE:
         return True
-    if value in ("0", "no", "false", "off", "n"):
+    if value.lower() in FALSE:
         return False
-    raise CmdlineError(f"{key}={value or ''}: expected 0 or 1")
+    raise CmdlineError(f"{key}={value}: expected 0 or 1")
 
 
 def _kept(key: str, options: Options) -> str:
@@ -280,7 +284,7 @@ def _apply(key: str, value: str | None, values: dict[str, object], breaks: set[s
         for stage in (value or "switch_root").split(","):
             breaks.add(_choice(key, stage, STAGES))
     elif key == "rd.shell":
-        values["shell"] = True if value is None else _boolean(key, value)
+        values["shell"] = boolean(key, value)
     elif key == "rd.emergency":
         values["emergency"] = _choice(key, value, EMERGENCY_ACTIONS)
     elif key == "panic":

@@ -11,7 +11,7 @@ from pyinit import cmdline, early, layout, lazyimport, log, pid1, rescue
 from pyinit.cmdline import Options
 
 if TYPE_CHECKING:
-    from pyinit import overlay
+    from pyinit import overlay, verity
     from pyinit.uevents import Hotplug
 
 T = TypeVar("T")
@@ -25,6 +25,7 @@ class Boot:
     def __init__(self) -> None:
         self.options = Options()
         self.overlay: overlay.Request | None = None  # check_cmdline sets it
+        self.verity: verity.Request | None = None  # check_cmdline sets it
         self.started = (0, 0)  # when the init started (realtime, monotonic us): run() sets it
 
     def stage(self, name: str, run: Callable[[], T]) -> T:
@@ -53,6 +54,10 @@ class Boot:
         try:
             self.overlay = stages.overlay_request(self.options)
         except RuntimeError as err:  # OverlayError, without importing its module here
+            errors.append(str(err))
+        try:
+            self.verity = stages.verity_request(self.options)
+        except RuntimeError as err:  # VerityError, likewise
             errors.append(str(err))
 
         stacks = stages.storage_stacks()
@@ -88,10 +93,15 @@ class Boot:
             return previous
 
         hotplug = self.stage("modules", modules)
-        device = self.stage("discover", lambda: stages.discover_root(self.options, hotplug))
-        # Under an overlay the root itself is its read-only lower layer.
-        lower = self.options._replace(read_only=True) if self.overlay else self.options
-        self.stage("mount", lambda: stages.mount_root(lower, hotplug, device, SYSROOT))
+        root = self.options
+        if self.verity is not None:  # the root becomes /dev/mapper/root, read-only
+            verified = self.verity
+            self.stage("verity", lambda: stages.open_verity(verified, self.options, hotplug))
+            root = stages.verified_root(root)
+        if self.overlay is not None:  # the root itself is the overlay's read-only lower layer
+            root = root._replace(read_only=True)
+        device = self.stage("discover", lambda: stages.discover_root(root, hotplug))
+        self.stage("mount", lambda: stages.mount_root(root, hotplug, device, SYSROOT))
         if self.overlay is not None:
             request = self.overlay
             self.stage("overlay", lambda: stages.mount_overlay(request, hotplug, SYSROOT))

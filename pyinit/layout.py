@@ -34,3 +34,9 @@ STORAGE_KEYS = {"luks": ("rd.luks", "luks"), "lvm": ("rd.lvm",), "mdraid": ("rd.
                 "btrfs": ()}
 # The overlay's command-line keys: only a line that has one imports pyinit.overlay.
 OVERLAY_KEYS = ("rd.overlay", "overlayroot", "systemd.volatile")
+# dm-verity's command-line keys: only a line that has one imports pyinit.verity (which
+# refuses the /usr ones).
+VERITY_USR_KEYS = ("usrhash", "systemd.verity_usr_data", "systemd.verity_usr_hash",
+                   "systemd.verity_usr_options")
+VERITY_KEYS = ("roothash", "systemd.verity", "rd.systemd.verity", "systemd.verity_root_data",
+               "systemd.verity_root_hash", "systemd.verity_root_options", *VERITY_USR_KEYS)

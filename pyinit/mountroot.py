@@ -32,6 +32,10 @@ _FLAGS = {
 }
 
 
+# Filesystems that are read-only by design: mounted ro whatever the line says, never fscked.
+READ_ONLY = ("squashfs", "erofs", "iso9660", "cramfs")
+
+
 class MountError(OSError):
     """The root could not be mounted; the message names device, type and options."""
 

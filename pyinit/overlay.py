@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from pyinit import mountroot, syscalls
+from pyinit.cmdline import FALSE, TRUE
 
 LOWER = "/run/rootfsbase"
 UPPER_FS = "/run/overlayfs"  # the tmpfs; upper/ and work/ inside
@@ -50,8 +51,6 @@ class Request(NamedTuple):
     tmpfs_options: str  # size=..., for the upper layer's tmpfs ("" for the kernel's default)
 
 
-TRUE = ("1", "yes", "y", "true", "t", "on")  # systemd's parse_boolean(); dracut's bare key
-FALSE = ("0", "no", "n", "false", "f", "off")
 
 
 def _tmpfs_options(key: str, value: str, text: str) -> str:

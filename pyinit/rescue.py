@@ -25,6 +25,8 @@ HINTS = {
     "discover": "check root= against the devices listed; with no disk seen, the image lacks "
                 "its driver or its bus's (virtio_blk also needs virtio_pci; --no-hostonly "
                 "carries the generic set), or add rootwait for slow devices",
+    "verity": "check roothash= against the image's, and the data and hash devices "
+              "(systemd.verity_root_data=, systemd.verity_root_hash=)",
     "mount": "check rootfstype= and rootflags=, that the filesystem's module is in the image, "
              "and the filesystem itself (fsck)",
     "overlay": "the overlay needs the overlay module (--add-drivers overlay, or --no-hostonly) "

@@ -7,17 +7,19 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from pyinit import early, execinit, fsck, layout, log, mountroot, pid1, rescue, switchroot
+from pyinit import early, execinit, fsck, kernlog, layout, log, mountroot, pid1, rescue, switchroot
 from pyinit import udevd as udevd_
 from pyinit.assemble import Discovery
 from pyinit.blockdev import BlockDevice
 from pyinit.cmdline import Options
 from pyinit.kmod import Loader, ModuleError, running_kernel_index
 from pyinit.match import DiscoveryError
+from pyinit.rootspec import parse_root
 from pyinit.uevents import Hotplug
 
 if TYPE_CHECKING:
     from pyinit import overlay as overlay_
+    from pyinit import verity as verity_
 
 
 def _emit(event: str, **fields: object) -> None:
@@ -104,10 +106,48 @@ def storage_stacks() -> list[str]:
         return []
 
 
+def verity_request(options: Options) -> verity_.Request | None:
+    """The verified root the line asks for (None without its keys, and then pyinit.verity
+    is not imported). Raises VerityError for a form this image cannot set up."""
+    if not any(key in options.raw for key in layout.VERITY_KEYS):
+        return None
+    from pyinit import verity
+
+    return verity.request(options.raw, options.root, options.params)
+
+
+def verified_root(options: Options) -> Options:
+    """The options the root is found and mounted with once verity made it."""
+    from pyinit import verity
+
+    return options._replace(root=parse_root(verity.MAPPED), read_only=True)
+
+
+def open_verity(request: verity_.Request, options: Options, hotplug: Hotplug) -> None:
+    """Wait for the data and hash devices (within rd.timeout together), check them against
+    the root hash and map /dev/mapper/root."""
+    from pyinit import verity
+
+    for name in verity.MODULES:
+        hotplug.loader.load(name, reason="verity")
+    start = time.monotonic()
+    found = []
+    for spec, key in ((request.data, "systemd.verity_root_data"),
+                      (request.hash_device, "systemd.verity_root_hash")):
+        left = max(options.timeout - (time.monotonic() - start), 0.0)
+        found.append(Discovery(spec, hotplug, left, wait_forever=options.rootwait, emit=_emit,
+                               warn=_warn, key=key).run())
+    data, hashed = found
+    verity.open_root(request, data.node, data.devnum, hashed.node, hashed.devnum, _emit)
+
+
 def mount_root(options: Options, hotplug: Hotplug, device: BlockDevice, target: str) -> None:
     probed = device.props.get("ID_FS_TYPE")
+    types = [t for t in (options.rootfstype or probed or "").split(",") if t]
+    if types and all(t in mountroot.READ_ONLY for t in types):
+        options = options._replace(read_only=True)  # no fsck, no rw to ask for
     known = mountroot.filesystems()
-    for fstype in (options.rootfstype or probed or "").split(","):
+    for fstype in types:
         if fstype and fstype not in known:
             # The kernel would ask /sbin/modprobe for fs-TYPE; the image has none: load it here.
             hotplug.loader.load_optional_alias(f"fs-{fstype}", reason=f"root filesystem {fstype}")
@@ -119,8 +159,15 @@ def mount_root(options: Options, hotplug: Hotplug, device: BlockDevice, target: 
         if result.reboot:
             _emit("fsck_reboot", device=device.node, reason="fsck fixed errors, asks for reboot")
             rescue.power("reboot")
-    fstype = mountroot.mount_root(device.node, target, options.rootfstype,
-                                  probed, options.rootflags, options.read_only)
+    watch = kernlog.Watch()  # a filesystem's or verity's own words on why it failed
+    try:
+        fstype = mountroot.mount_root(device.node, target, options.rootfstype,
+                                      probed, options.rootflags, options.read_only)
+    except mountroot.MountError as err:
+        raise mountroot.MountError(err.errno, f"{err.strerror}"
+                                   f"{kernlog.quoted(watch.lines())}") from err
+    finally:
+        watch.close()
     _emit("root_mounted", device=device.node, target=target, type=fstype,
           mode="ro" if options.read_only else "rw")
 

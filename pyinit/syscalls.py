@@ -165,3 +165,21 @@ def probe_block(path: str) -> dict[str, str]:
         return values
     finally:
         lib.blkid_free_probe(probe)
+
+
+KEY_SPEC_THREAD_KEYRING: int = lib.KEY_SPEC_THREAD_KEYRING
+
+
+def add_key(kind: str, description: str, payload: bytes, keyring: int) -> int:
+    """add_key(2), through syscall(2); returns the key's serial number."""
+    serial = int(lib.pyinit_add_key(kind.encode(), description.encode(), payload,
+                                    len(payload), keyring))
+    if serial < 0:
+        raise _fail(f"add_key {kind} {description}")
+    return serial
+
+
+def invalidate_key(serial: int) -> None:
+    """keyctl(KEYCTL_INVALIDATE): the key is gone at once."""
+    if lib.pyinit_keyctl(lib.KEYCTL_INVALIDATE, serial) < 0:
+        raise _fail(f"keyctl invalidate {serial}")

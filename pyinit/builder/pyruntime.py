@@ -24,8 +24,11 @@ PYINIT_SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__f
 # What the init imports, including the imports it makes inside functions (pyudev when the
 # devices stage starts, code for the Python rescue console), and the codecs the interpreter
 # itself loads at start-up.
+# The features only a command line that asks for them imports (pyinit.stages imports them
+# inside functions): carried in every image, never run on a plain root's boot.
+ON_DEMAND = ["pyinit.overlay", "pyinit.verity"]
 INIT_MODULES = ["pyinit.lazyimport", "pyinit.init", "pyinit.stages", "pyinit.rescue",
-                "pyinit.uevents", "pyinit.resume", "pyinit.overlay", "pyudev", "code",
+                "pyinit.uevents", "pyinit.resume", *ON_DEMAND, "pyudev", "code",
                 "encodings.utf_8", "encodings.latin_1", "encodings.ascii", "encodings.aliases"]
 # Optional imports whose importers fall back cleanly (try/except ImportError) and which the
 # init never needs: asyncio's ssl support (and OpenSSL with it), shutil's bz2, structlog's

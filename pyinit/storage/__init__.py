@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from pyinit import cmdline, command, kernlog, layout, udevd
+from pyinit.cmdline import FALSE, TRUE
 
 if TYPE_CHECKING:
     from pyinit.blockdev import BlockDevice
@@ -29,8 +30,6 @@ STACKS = ("luks", "lvm", "mdraid", "btrfs")
 # read by pyinit.cmdline.storage_stack: a key given to an image without its stack is named
 # without importing that stack. Their names in messages:
 TITLES = {"luks": "LUKS", "lvm": "LVM", "mdraid": "mdraid", "btrfs": "btrfs"}
-TRUE = ("1", "yes", "true", "on", "y")
-FALSE = ("0", "no", "false", "off", "n")  # what flag() reads as off
 # /shutdown in images with dm or md stacks: systemd-shutdown runs it from /run/initramfs.
 SHUTDOWN_SCRIPT = f"""#!/usr/bin/python3 -IS
 # pyinit's shutdown program (pyinit/shutdown.py): takes down the root's storage stack.
@@ -184,7 +183,7 @@ def uncarried_errors(params: Sequence[str], stacks: Sequence[str]) -> list[str]:
     for param in params:
         key, sep, value = param.partition("=")
         name = cmdline.storage_stack(key)
-        if name is None or name in stacks or (sep and value in FALSE):
+        if name is None or name in stacks or (sep and value.lower() in FALSE):
             continue
         errors.append(f"{param}: this image carries no {TITLES[name]} support (rebuild with "
                       f"--storage {name})")
@@ -225,7 +224,7 @@ def flag(params: Sequence[str], *keys: str) -> bool | None:
     for param in params:
         key, sep, value = param.partition("=")
         if key in keys:
-            result = not sep or value not in FALSE
+            result = not sep or value.lower() not in FALSE
     return result
 
 
@@ -234,7 +233,7 @@ def flag_errors(params: Sequence[str], *keys: str) -> list[str]:
     errors = []
     for param in params:
         key, sep, value = param.partition("=")
-        if key in keys and sep and value not in (*TRUE, *FALSE):
+        if key in keys and sep and value.lower() not in (*TRUE, *FALSE):
             errors.append(f"{param}: expected 0 or 1")
     return errors
 

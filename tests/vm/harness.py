@@ -334,6 +334,7 @@ class Partition:
     guid: str = ""
     fs_uuid: str = ""
     number: int = 0
+    image: str = ""  # a ready-made file to copy in, instead of a filesystem of the tree
 
 
 def make_gpt_disk(path: str, tree: str, partitions: list[Partition], workdir: str) -> None:
@@ -354,9 +355,11 @@ def make_gpt_disk(path: str, tree: str, partitions: list[Partition], workdir: st
                               capture_output=True, text=True).stdout
         m = re.search(r"First sector: (\d+)", info)
         assert m, info
-        image = os.path.join(workdir, f"part{part.number}.img")
-        part.fs_uuid = make_fs_image(image, tree, part.fstype, part.size_mb, part.label)
+        image = part.image or os.path.join(workdir, f"part{part.number}.img")
+        if not part.image:
+            part.fs_uuid = make_fs_image(image, tree, part.fstype, part.size_mb, part.label)
         with open(image, "rb") as src, open(path, "r+b") as dst:
             dst.seek(int(m.group(1)) * 512)
             shutil.copyfileobj(src, dst, 1 << 20)
-        os.unlink(image)
+        if not part.image:
+            os.unlink(image)
