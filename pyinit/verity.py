@@ -48,6 +48,7 @@ from pyinit.cmdline import FALSE, TRUE
 from pyinit.rootspec import RootSpec, RootSpecError, parse_root
 
 NAME = "root"
+DM_UUID_PREFIX = "CRYPT-VERITY-"  # libcryptsetup's, so that tools and the builder know it
 MAPPED = f"/dev/mapper/{NAME}"
 MODULES = ("dm_mod", "dm_verity")
 MAGIC = b"verity\0\0"
@@ -396,8 +397,8 @@ def open_root(request_: Request, data: str, data_devnum: tuple[int, int], hashed
         except OSError as err:
             raise VerityError(f"root-hash-signature: the kernel refused the signature as a "
                               f"key: {os.strerror(err.errno or 0)}") from err
-    uuid = f"CRYPT-VERITY-{shape.uuid.replace('-', '')}-{NAME}" if shape.uuid else \
-        f"CRYPT-VERITY-{NAME}"
+    uuid = f"{DM_UUID_PREFIX}{shape.uuid.replace('-', '')}-{NAME}" if shape.uuid else \
+        f"{DM_UUID_PREFIX}{NAME}"
     what = f"verity {NAME} (data {data}, hash {hashed}, roothash {request_.root_hash.hex()})"
     watch = kernlog.Watch()
     try:

@@ -4,7 +4,8 @@
                    [--omit-drivers "m"] [--hostonly | --no-hostonly | --listed]
                    [--compress zstd|gzip|xz|lz4|none] [--compress-level N] [--python PATH]
                    [--include SRC DST] [--fsck TYPES] [--udev auto|systemd|none]
-                   [--config FILE] [--no-early-microcode] [--no-cache] [--force]
+                   [--appliance] [--config FILE] [--no-early-microcode] [--no-cache]
+                   [--force]
     mkinitramfs.py --list IMAGE
     mkinitramfs.py --extract IMAGE DIR
     mkinitramfs.py --update KVER|all [--boot-test] [--boot-dir DIR]
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
 from pyinit.builder import (
+    appliance,
     archive,
     boottest,
     compress,
@@ -92,6 +94,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="read crypttab entries from FILE (default: /etc/crypttab)")
     parser.add_argument("--udev", choices=config.UDEV_MODES, default=None,
                         help="carry systemd-udevd (auto: when this host has it)")
+    parser.add_argument("--appliance", action="store_const", const=True, default=None,
+                        help="for a read-only squashfs/erofs root under dm-verity with an "
+                        "overlay: their modules, no udevd, no fsck, and a failed boot "
+                        "reboots (rd.shell=0 rd.emergency=reboot) for the A/B boot counter")
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help="a TOML file read after /etc/pyinit/mkinitramfs{.toml,.d/*.toml}")
     parser.add_argument("--no-early-microcode", dest="early_microcode", action="store_false",
@@ -140,7 +146,8 @@ def config_from(args: argparse.Namespace,
     settings.include += [(s, d) for s, d in args.include]
     settings.storage += _words(args.storage)
     settings.luks_keys += args.luks_key
-    for key in ("compress", "compress_level", "python", "udev", "early_microcode", "crypttab"):
+    for key in ("compress", "compress_level", "python", "udev", "early_microcode", "crypttab",
+                "appliance"):
         value = getattr(args, key)
         if value is not None:
             setattr(settings, key, value)
@@ -205,6 +212,9 @@ def summary(cfg: Config, result: Result, seconds: float) -> str:
                      f"{'; '.join(result.storage.reasons)})")
     if result.udev is not None:
         lines.append(f"  udev: {result.udev.mode or 'none'} ({result.udev.reason})")
+    if result.appliance is not None and result.appliance.on:
+        lines.append(f"  appliance: no fsck, {appliance.CMDLINE} by default "
+                     f"({result.appliance.reason})")
     lines += [f"  note: {note}" for note in result.notes]
     return "\n".join(lines)
 

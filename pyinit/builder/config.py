@@ -19,6 +19,8 @@ order, then each --config FILE; the command line overrides them all (lists add u
     crypttab = "/etc/crypttab"             # where the crypttab entries come from
     cmdline = "rd.timeout=30"              # default kernel options (the real line wins)
     early_microcode = true
+    appliance = false                      # an image for a verity/squashfs/erofs root with
+                                           # an overlay: no udevd, no fsck, reboot on failure
     python = "/usr/bin/python3.11"
 
 An unknown key or a value of the wrong type is an error naming the file and the line.
@@ -62,6 +64,7 @@ class Settings:
     crypttab: str = luks.CRYPTTAB
     cmdline: str = ""
     early_microcode: bool = True
+    appliance: bool = False
     python: str | None = None
     sources: list[str] = field(default_factory=list)
 
@@ -101,7 +104,7 @@ def _check(path: str, text: str, key: str, value: Any) -> Any:
                 for v in value):
             raise fail('a list of ["SOURCE", "DESTINATION"] pairs')
         return [(v[0], v[1]) for v in value]
-    if key in ("hostonly", "early_microcode"):
+    if key in ("hostonly", "early_microcode", "appliance"):
         if not isinstance(value, bool):
             raise fail("true or false")
         return value

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from pyinit import execinit, layout, libfind, modindex
 from pyinit.builder import (
+    appliance,
     cache,
     compress,
     config,
@@ -74,6 +75,7 @@ class Result:
     cached_runtime: bool = False
     storage: stacks.Plan | None = None
     udev: Udev | None = None
+    appliance: appliance.Appliance | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -95,8 +97,9 @@ def build(cfg: Config) -> Result:
     check_kernel_config(cfg, kconfig)
     tree = module_tree(cfg)
     storage = plan_storage(cfg, tree)
-    udev = decide_udev(cfg, storage)
-    modules = select_modules(cfg, tree, storage) if tree is not None else []
+    app = decide_appliance(cfg)
+    udev = decide_udev(cfg, storage, app)
+    modules = select_modules(cfg, tree, storage, app) if tree is not None else []
     if tree is not None:
         check_vermagic(cfg, tree, modules)
     tools = Tools()
@@ -105,15 +108,16 @@ def build(cfg: Config) -> Result:
     missing = add_modules(img, cfg, tree, modules,
                           kernel_option(kconfig, "CONFIG_MODULE_DECOMPRESS")) if tree else []
     add_storage(img, storage, tools, runtime.paths)
-    add_fsck(img, cfg, tools)
+    if not app.on:
+        add_fsck(img, cfg, tools)
     add_udev(img, tools, udev, storage, cfg.settings.udev_rules)
-    add_defaults(img, cfg, storage)
+    add_defaults(img, cfg, storage, app)
     early = firmware.microcode_archive() if cfg.settings.early_microcode else b""
     add_includes(img, cfg, tools, {**runtime.paths, **archive_paths(early)})
     raw = img.archive(cfg.mtime)
     kernel_part = compress.compress(raw, cfg.settings.compress, kernel_part_level(cfg, raw))
     result = assemble(early, runtime, cached, img, raw, kernel_part, modules, missing)
-    result.storage, result.udev = storage, udev
+    result.storage, result.udev, result.appliance = storage, udev, app
     if tree is not None:
         result.notes += driver_notes(cfg, tree, modules)
     if tree is None:
@@ -291,8 +295,21 @@ def kernel_image(runtime: cache.Segment) -> image.Image:
     return img
 
 
-def select_modules(cfg: Config, tree: kmodules.ModuleTree, storage: stacks.Plan) -> list[str]:
+def decide_appliance(cfg: Config) -> appliance.Appliance:
+    settings = cfg.settings
+    try:
+        app = appliance.decide(settings.appliance, cfg.hostonly)
+        appliance.check(app, settings.udev, settings.fsck, settings.udev_rules)
+    except (appliance.ApplianceError, OSError) as err:
+        raise BuildError(str(err)) from err
+    return app
+
+
+def select_modules(cfg: Config, tree: kmodules.ModuleTree, storage: stacks.Plan,
+                   app: appliance.Appliance) -> list[str]:
     wanted = list(cfg.settings.add_drivers)
+    if app.on:
+        wanted += appliance.modules(tree)
     for needs in storage.needs:
         for name in needs.modules:
             if not tree.resolve(name):
@@ -465,13 +482,15 @@ class Udev:
     reason: str
 
 
-def decide_udev(cfg: Config, storage: stacks.Plan) -> Udev:
+def decide_udev(cfg: Config, storage: stacks.Plan, app: appliance.Appliance) -> Udev:
     """--udev auto carries udevd only when the image needs it: rules added in the
     configuration, or dm/md devices that a systemd root expects udev to have seen."""
     asked = cfg.settings.udev
     have = os.path.exists(layout.UDEVD) and os.path.exists(layout.UDEVADM)
     if asked == "none":
         return Udev(None, "--udev none")
+    if app.on:
+        return Udev(None, f"an appliance image ({app.reason})")
     if asked == "systemd":
         if not have:
             raise BuildError(f"--udev systemd: expected {layout.UDEVD} and {layout.UDEVADM} "
@@ -609,10 +628,13 @@ def group_file(names: set[str], host: str = "/etc/group") -> str:
     return "\n".join(sorted(lines)) + "\n"
 
 
-def add_defaults(img: image.Image, cfg: Config, storage: stacks.Plan) -> None:
-    """The default kernel options: the configuration's, then what a host-only image knows
-    of its storage (rd.lvm.lv=, resume=); the real command line wins over both."""
-    words = " ".join(w for w in (cfg.settings.cmdline, *storage.cmdline) if w)
+def add_defaults(img: image.Image, cfg: Config, storage: stacks.Plan,
+                 app: appliance.Appliance) -> None:
+    """The default kernel options: an appliance's, the configuration's, then what a
+    host-only image knows of its storage (rd.lvm.lv=, resume=); the real command line
+    wins over all of them."""
+    first = appliance.CMDLINE if app.on else ""
+    words = " ".join(w for w in (first, cfg.settings.cmdline, *storage.cmdline) if w)
     if words:
         img.add_bytes(layout.DEFAULT_CMDLINE, words.encode() + b"\n", part="skeleton")
 

@@ -18,7 +18,7 @@ import os
 from collections.abc import Container
 from dataclasses import dataclass, field
 
-from pyinit import layout
+from pyinit import layout, verity
 from pyinit.storage import STACKS, Needs, luks, lvm, mdraid, stack_module
 
 RESUME_CONF = "/etc/initramfs-tools/conf.d/resume"
@@ -101,10 +101,12 @@ def walk(devnum: tuple[int, int], sys: str = "/sys", found: HostStack | None = N
             # by another LVM device: only the LV itself is named for activation.
             if named and named not in found.lvs and not _held_by_lvm(path):
                 found.lvs.append(named)
+        elif dm_uuid.startswith(verity.DM_UUID_PREFIX):
+            pass  # the appliance feature's (pyinit.builder.appliance), not a storage stack
         elif os.path.isdir(os.path.join(path, "dm")):
             raise StackError(f"/dev/{os.path.basename(path)} ({dm_name}, dm uuid "
                              f"{dm_uuid or 'none'}) is under the root: expected LUKS, LVM or "
-                             "md devices, which are all pyinit brings up")
+                             "md devices (or dm-verity), which are all pyinit brings up")
         if os.path.isdir(os.path.join(path, "md")):
             found.stacks.add("mdraid")
         slaves = os.path.join(path, "slaves")

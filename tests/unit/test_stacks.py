@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from pyinit import layout
-from pyinit.builder import config, kmodules, pipeline, stacks
+from pyinit.builder import appliance, config, kmodules, pipeline, stacks
 from pyinit.storage import STACKS, lvm
 
+NO_APPLIANCE = appliance.Appliance(False, "")
 LUKS_HEX = "0123abcd00004000800000000000000a"
 LUKS_UUID = "0123abcd-0000-4000-8000-00000000000a"
 
@@ -214,7 +215,7 @@ def test_the_lvm_stack_carries_the_targets_its_volumes_load(tmp_path: Path) -> N
     cfg = pipeline.Config("out", "6.1.0", str(tmp_path),
                           config.Settings(add_drivers=["virtio_blk"]), hostonly=False,
                           force=False, mtime=0)
-    selected = set(pipeline.select_modules(cfg, tree, plan))
+    selected = set(pipeline.select_modules(cfg, tree, plan, NO_APPLIANCE))
     assert selected == set(has)  # dm_vdo: not in this kernel, left out
 
 
@@ -237,7 +238,7 @@ def test_a_host_only_lvm_image_carries_only_the_targets_in_use(
     monkeypatch.setattr(hostonly, "hostonly_modules", lambda tree: ["virtio_blk"])
     cfg = pipeline.Config("out", "6.1.0", str(tmp_path), config.Settings(), hostonly=True,
                           force=False, mtime=0)
-    assert set(pipeline.select_modules(cfg, tree, plan)) == {"dm_mod", "dm_thin_pool",
+    assert set(pipeline.select_modules(cfg, tree, plan, NO_APPLIANCE)) == {"dm_mod", "dm_thin_pool",
                                                             "virtio_blk"}
 
 

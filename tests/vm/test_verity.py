@@ -18,8 +18,6 @@ from tests.vm import harness
 from tests.vm.conftest import DRIVERS
 from tests.vm.kernels import Kernel
 
-# rd.emergency=reboot: what an A/B appliance sets, so that the boot loader counts the try.
-APPLIANCE = "rd.shell=0 rd.emergency=reboot"
 # init= on the verified root: reads a file that fills most of the image, then runs the
 # test init in its place (still PID 1).
 CHECK = r"""#!/bin/sh
@@ -106,9 +104,11 @@ def verity_image(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Kernel],
     def get(kernel: Kernel) -> str:
         if kernel.name not in built:
             image = str(tmp_path_factory.mktemp(f"verity-{kernel.name}") / "initrd.img")
-            harness.build_image(image, kernel.moddir, kernel.kver,
-                                DRIVERS[kernel.name] + ["squashfs", "overlay", "dm_verity"],
-                                udev="none")
+            # --appliance: verity, squashfs, erofs, overlay, no udevd, no fsck, and
+            # rd.shell=0 rd.emergency=reboot by default (the boots below rely on it)
+            summary = harness.build_image(image, kernel.moddir, kernel.kver,
+                                          DRIVERS[kernel.name], extra=["--appliance"])
+            assert "udev: none (an appliance image" in summary, summary
             built[kernel.name] = image
         return built[kernel.name]
 
@@ -118,7 +118,7 @@ def verity_image(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Kernel],
 def boot(kernel: Kernel, image: str, disks: list[str], cmdline: str, tmp_path: Path
          ) -> harness.BootResult:
     result = harness.boot(kernel.vmlinuz, image, disks,
-                          f"console=ttyS0 panic=-1 {APPLIANCE} {cmdline}",
+                          f"console=ttyS0 panic=-1 {cmdline}",
                           str(tmp_path / "boot.log"), timeout=240)
     assert not result.timed_out, result.log[-3000:]
     return result
