@@ -21,6 +21,7 @@ from pyinit.rootspec import RootSpec, RootSpecError, parse_root
 # Every boolean key's words, as systemd's parse_boolean() (any case); the bare key is on.
 TRUE = ("1", "yes", "y", "true", "t", "on")
 FALSE = ("0", "no", "n", "false", "f", "off")
+LIVE = "live:"  # root=live:DEVSPEC (pyinit.liveimg)
 WHITESPACE = frozenset(" \t\n\v\f\r")  # the kernel's isspace(), not Unicode's
 STAGES = ("cmdline", "modules", "discover", "mount", "switch_root")
 EMERGENCY_ACTIONS = ("shell", "reboot", "poweroff", "halt")
@@ -257,7 +258,13 @@ def _apply(key: str, value: str | None, values: dict[str, object], breaks: set[s
            blacklist: set[str], driver_pre: list[str]) -> None:
     if key in ("root", "resume"):
         try:
-            values[key] = parse_root(value or "")
+            if key == "root" and value is not None and value.startswith(LIVE):
+                # dracut's image file on a partition: root= names the partition
+                spec = parse_root(value[len(LIVE):])
+                spec.text = value
+                values[key] = spec
+            else:
+                values[key] = parse_root(value or "")
         except RootSpecError as err:
             raise CmdlineError(str(err).replace("root=", f"{key}=")) from None
     elif key == "resume_offset":

@@ -11,7 +11,7 @@ from pyinit import cmdline, early, layout, lazyimport, log, pid1, rescue
 from pyinit.cmdline import Options
 
 if TYPE_CHECKING:
-    from pyinit import overlay, verity
+    from pyinit import liveimg, overlay, verity
     from pyinit.uevents import Hotplug
 
 T = TypeVar("T")
@@ -26,6 +26,7 @@ class Boot:
         self.options = Options()
         self.overlay: overlay.Request | None = None  # check_cmdline sets it
         self.verity: verity.Request | None = None  # check_cmdline sets it
+        self.live: liveimg.Request | None = None  # check_cmdline sets it
         self.started = (0, 0)  # when the init started (realtime, monotonic us): run() sets it
 
     def stage(self, name: str, run: Callable[[], T]) -> T:
@@ -58,6 +59,10 @@ class Boot:
         try:
             self.verity = stages.verity_request(self.options)
         except RuntimeError as err:  # VerityError, likewise
+            errors.append(str(err))
+        try:
+            self.live = stages.live_request(self.options)
+        except RuntimeError as err:  # LiveError, likewise
             errors.append(str(err))
 
         stacks = stages.storage_stacks()
@@ -101,7 +106,11 @@ class Boot:
         if self.overlay is not None:  # the root itself is the overlay's read-only lower layer
             root = root._replace(read_only=True)
         device = self.stage("discover", lambda: stages.discover_root(root, hotplug))
-        self.stage("mount", lambda: stages.mount_root(root, hotplug, device, SYSROOT))
+        if self.live is not None:  # root= names the partition that holds the image file
+            live = self.live
+            self.stage("mount", lambda: stages.mount_live(live, hotplug, device, SYSROOT))
+        else:
+            self.stage("mount", lambda: stages.mount_root(root, hotplug, device, SYSROOT))
         if self.overlay is not None:
             request = self.overlay
             self.stage("overlay", lambda: stages.mount_overlay(request, hotplug, SYSROOT))

@@ -7,7 +7,19 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from pyinit import early, execinit, fsck, kernlog, layout, log, mountroot, pid1, rescue, switchroot
+from pyinit import (
+    cmdline,
+    early,
+    execinit,
+    fsck,
+    kernlog,
+    layout,
+    log,
+    mountroot,
+    pid1,
+    rescue,
+    switchroot,
+)
 from pyinit import udevd as udevd_
 from pyinit.assemble import Discovery
 from pyinit.blockdev import BlockDevice
@@ -18,6 +30,7 @@ from pyinit.rootspec import parse_root
 from pyinit.uevents import Hotplug
 
 if TYPE_CHECKING:
+    from pyinit import liveimg as liveimg_
     from pyinit import overlay as overlay_
     from pyinit import verity as verity_
 
@@ -106,13 +119,23 @@ def storage_stacks() -> list[str]:
         return []
 
 
+class VerityMissing(RuntimeError):
+    """A verity key on the line of an image built without pyinit.verity."""
+
+
 def verity_request(options: Options) -> verity_.Request | None:
     """The verified root the line asks for (None without its keys, and then pyinit.verity
     is not imported). Raises VerityError for a form this image cannot set up."""
     if not any(key in options.raw for key in layout.VERITY_KEYS):
         return None
-    from pyinit import verity
-
+    try:
+        from pyinit import verity
+    except ModuleNotFoundError as err:
+        if err.name != "pyinit.verity":
+            raise  # a module verity needs is missing: a bug, with its traceback
+        key = next(k for k in layout.VERITY_KEYS if k in options.raw)
+        raise VerityMissing(f"{key}: this image carries no dm-verity support (rebuild it "
+                            "with --appliance)") from err
     return verity.request(options.raw, options.root, options.params)
 
 
@@ -170,6 +193,26 @@ def mount_root(options: Options, hotplug: Hotplug, device: BlockDevice, target: 
         watch.close()
     _emit("root_mounted", device=device.node, target=target, type=fstype,
           mode="ro" if options.read_only else "rw")
+
+
+def live_request(options: Options) -> liveimg_.Request | None:
+    """root=live:'s image file (None for any other root=, and then pyinit.liveimg is not
+    imported). Raises LiveError for a bad rd.live.* value."""
+    if not (options.raw.get("root") or "").startswith(cmdline.LIVE):
+        return None
+    from pyinit import liveimg
+
+    return liveimg.request(options.raw)
+
+
+def mount_live(request: liveimg_.Request, hotplug: Hotplug, device: BlockDevice,
+               target: str) -> None:
+    from pyinit import liveimg
+
+    loader = hotplug.loader
+    liveimg.mount(request, device.node, device.props.get("ID_FS_TYPE"), target,
+                  lambda name: loader.load(name, reason="root=live:"),
+                  lambda alias: loader.load_optional_alias(alias, reason="root=live:"), _emit)
 
 
 def overlay_request(options: Options) -> overlay_.Request | None:

@@ -25,7 +25,6 @@ hash device stops the boot with a line naming both, and nothing unverified is mo
 
 from __future__ import annotations
 
-import base64
 import binascii
 import os
 import re
@@ -351,7 +350,7 @@ def table(request_: Request, shape: Geometry, data: tuple[int, int], hashed: tup
 def signature(text: str, read: Callable[[str], bytes]) -> bytes:
     if text.startswith("base64:"):
         try:
-            return base64.b64decode(text[len("base64:"):], validate=True)
+            return binascii.a2b_base64(text[len("base64:"):], strict_mode=True)
         except binascii.Error as err:
             raise VerityError(f"root-hash-signature={text[:20]}...: expected base64 after "
                               f"base64: ({err})") from err

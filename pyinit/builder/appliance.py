@@ -2,7 +2,8 @@
 erofs image, under dm-verity, with an overlay, replaced whole by an A/B updater.
 
 ``--appliance`` (TOML ``appliance = true``) makes the image for such a root: the modules of
-verity, squashfs, erofs and overlay (those the kernel has), no udevd and no fsck (a
+verity, squashfs, erofs and overlay (those the kernel has), pyinit.verity, no udevd and
+no fsck (a
 read-only image has nothing to check; the init finds devices from sysfs and its uevents),
 and ``rd.shell=0 rd.emergency=reboot`` as the image's default, so that a slot that fails
 reboots and the boot loader's try counter runs out, instead of a console waiting on a
@@ -20,7 +21,12 @@ from dataclasses import dataclass
 from pyinit import verity
 from pyinit.builder.kmodules import ModuleTree
 
-MODULES = ("dm_verity", "squashfs", "erofs", "overlay")
+MODULES = ("dm_verity", "squashfs", "erofs", "overlay", "loop")
+# The init's modules only an appliance image carries (a plain image stays as it was: the
+# hashes' extension modules and the verity code are 0.1 MB): pyinit.verity imports
+# pyinit.devmapper and the hashes. A roothash= given to an image without them is refused
+# in one line (pyinit.stages.verity_request).
+PYTHON = ("pyinit.verity",)
 CMDLINE = "rd.shell=0 rd.emergency=reboot"
 IMAGE_TYPES = ("squashfs", "erofs")
 

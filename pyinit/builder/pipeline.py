@@ -103,7 +103,7 @@ def build(cfg: Config) -> Result:
     if tree is not None:
         check_vermagic(cfg, tree, modules)
     tools = Tools()
-    runtime, cached = runtime_segment(cfg, tools, storage)
+    runtime, cached = runtime_segment(cfg, tools, storage, app)
     img = kernel_image(runtime)
     missing = add_modules(img, cfg, tree, modules,
                           kernel_option(kconfig, "CONFIG_MODULE_DECOMPRESS")) if tree else []
@@ -226,13 +226,14 @@ def find_library(resolver: elfdeps.Resolver, name: str) -> str:
     return path
 
 
-def runtime_segment(cfg: Config, tools: Tools,
-                    storage: stacks.Plan) -> tuple[cache.Segment, bool]:
-    """The Python runtime, pyinit (with the storage stacks' modules) and the skeleton as one
-    compressed archive (cached)."""
+def runtime_segment(cfg: Config, tools: Tools, storage: stacks.Plan,
+                    app: appliance.Appliance) -> tuple[cache.Segment, bool]:
+    """The Python runtime, pyinit (with the storage stacks' and the appliance's modules)
+    and the skeleton as one compressed archive (cached)."""
     python = pyruntime.resolve_python(cfg.settings.python)
     modules = list(dict.fromkeys(pyruntime.INIT_MODULES
-                                 + [m for n in storage.needs for m in n.python]))
+                                 + [m for n in storage.needs for m in n.python]
+                                 + list(appliance.PYTHON if app.on else ())))
     builder_sources = sorted(
         os.path.join(d, n) for d in (os.path.dirname(__file__), os.path.dirname(
             os.path.dirname(__file__))) for n in os.listdir(d) if n.endswith((".py", ".so")))

@@ -26,7 +26,7 @@ PYINIT_SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__f
 # itself loads at start-up.
 # The features only a command line that asks for them imports (pyinit.stages imports them
 # inside functions): carried in every image, never run on a plain root's boot.
-ON_DEMAND = ["pyinit.overlay", "pyinit.verity"]
+ON_DEMAND = ["pyinit.overlay", "pyinit.liveimg"]
 INIT_MODULES = ["pyinit.lazyimport", "pyinit.init", "pyinit.stages", "pyinit.rescue",
                 "pyinit.uevents", "pyinit.resume", *ON_DEMAND, "pyudev", "code",
                 "encodings.utf_8", "encodings.latin_1", "encodings.ascii", "encodings.aliases"]

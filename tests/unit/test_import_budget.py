@@ -50,7 +50,8 @@ def test_the_init_runs_no_more_modules_than_the_budget() -> None:
     ran = imports_at_boot()["ran"]
     # A plain root's boot never imports a storage stack (nor the storage package).
     assert [m for m in ran if m.startswith("pyinit.storage") or m == "pyinit.prompt"] == []
-    assert [m for m in ran if m in pyruntime.ON_DEMAND or m == "pyinit.devmapper"] == []
+    assert [m for m in ran if m in pyruntime.ON_DEMAND or m.startswith(
+        ("pyinit.verity", "pyinit.devmapper"))] == []
     assert len(ran) <= BUDGET["max_modules"], (
         f"the init now runs {len(ran)} modules, the budget is {BUDGET['max_modules']}: {ran}")
 

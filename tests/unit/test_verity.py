@@ -256,3 +256,16 @@ def test_the_node_is_made_once(tmp_path: Path) -> None:
     assert devmapper.node("root", (1, 3), str(tmp_path)) == path
     with pytest.raises(devmapper.DMError, match="exists and is not the device 1:5"):
         devmapper.node("root", (1, 5), str(tmp_path))
+
+
+def test_an_image_without_verity_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import pyinit
+
+    monkeypatch.setitem(sys.modules, "pyinit.verity", None)  # as in an image without it
+    monkeypatch.delattr(pyinit, "verity")
+    with pytest.raises(stages.VerityMissing, match=re.escape(
+            "roothash: this image carries no dm-verity support (rebuild it with --appliance)")):
+        stages.verity_request(cmdline.parse(f"roothash={HASH}"))
+    assert stages.verity_request(cmdline.parse("root=/dev/vda")) is None

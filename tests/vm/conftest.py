@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,3 +90,23 @@ def custom_boot(setup: Setup) -> BootResult:
     return setup.boot(f"root=UUID={setup.disk.uuid} rw init=/sbin/altinit rd.shell=0 "
                       "rd.emergency=poweroff single PYINIT_TEST=yes rd.timeout=abc rootflags= "
                       '-- alpha "beta gamma"', "custom")
+
+
+@pytest.fixture(scope="session")
+def appliance_image(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Kernel], str]:
+    """An --appliance image (verity, squashfs, erofs, overlay, loop; no udevd, no fsck;
+    rd.shell=0 rd.emergency=reboot by default), with ext4 for root=live:'s partition,
+    built once per kernel."""
+    built: dict[str, str] = {}
+
+    def get(kernel: Kernel) -> str:
+        if kernel.name not in built:
+            image = str(tmp_path_factory.mktemp(f"appliance-{kernel.name}") / "initrd.img")
+            summary = harness.build_image(image, kernel.moddir, kernel.kver,
+                                          DRIVERS[kernel.name] + ["ext4"],
+                                          extra=["--appliance"])
+            assert "udev: none (an appliance image" in summary, summary
+            built[kernel.name] = image
+        return built[kernel.name]
+
+    return get

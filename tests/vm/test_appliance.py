@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from tests.vm import harness
-from tests.vm.conftest import DRIVERS
 from tests.vm.kernels import Kernel
 
 UNATTENDED = "rd.shell=0 rd.emergency=poweroff"
@@ -38,22 +37,6 @@ def squashfs_root(root_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     disk = str(top / "root.squashfs")
     harness.make_fs_image(disk, str(tree), "squashfs", 1, "unused")
     return disk
-
-
-@pytest.fixture(scope="session")
-def appliance_image(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Kernel], str]:
-    """The image for a squashfs root with an overlay, built once per kernel."""
-    built: dict[str, str] = {}
-
-    def get(kernel: Kernel) -> str:
-        if kernel.name not in built:
-            image = str(tmp_path_factory.mktemp(f"appliance-{kernel.name}") / "initrd.img")
-            harness.build_image(image, kernel.moddir, kernel.kver,
-                                DRIVERS[kernel.name] + ["squashfs", "overlay"], udev="none")
-            built[kernel.name] = image
-        return built[kernel.name]
-
-    return get
 
 
 @pytest.fixture(scope="session", params=["debian-6.1", "debian-7"])

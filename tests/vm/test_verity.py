@@ -15,7 +15,6 @@ import pytest
 
 from pyinit import verity
 from tests.vm import harness
-from tests.vm.conftest import DRIVERS
 from tests.vm.kernels import Kernel
 
 # init= on the verified root: reads a file that fills most of the image, then runs the
@@ -97,24 +96,6 @@ def ab_disk(verity_images: dict[str, Image], tmp_path_factory: pytest.TempPathFa
     return disk
 
 
-@pytest.fixture(scope="session")
-def verity_image(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Kernel], str]:
-    built: dict[str, str] = {}
-
-    def get(kernel: Kernel) -> str:
-        if kernel.name not in built:
-            image = str(tmp_path_factory.mktemp(f"verity-{kernel.name}") / "initrd.img")
-            # --appliance: verity, squashfs, erofs, overlay, no udevd, no fsck, and
-            # rd.shell=0 rd.emergency=reboot by default (the boots below rely on it)
-            summary = harness.build_image(image, kernel.moddir, kernel.kver,
-                                          DRIVERS[kernel.name], extra=["--appliance"])
-            assert "udev: none (an appliance image" in summary, summary
-            built[kernel.name] = image
-        return built[kernel.name]
-
-    return get
-
-
 def boot(kernel: Kernel, image: str, disks: list[str], cmdline: str, tmp_path: Path
          ) -> harness.BootResult:
     result = harness.boot(kernel.vmlinuz, image, disks,
@@ -131,12 +112,12 @@ def said(result: harness.BootResult) -> dict[str, str]:
 @pytest.mark.parametrize("kernel_name", ["debian-6.1", "debian-7"])
 def test_a_verified_squashfs_root_with_its_devices_named(
         kernel_name: str, request: pytest.FixtureRequest,
-        verity_image: Callable[[Kernel], str], verity_images: dict[str, Image],
+        appliance_image: Callable[[Kernel], str], verity_images: dict[str, Image],
         tmp_path: Path) -> None:
     kernel: Kernel = request.getfixturevalue("kernel61" if kernel_name == "debian-6.1"
                                              else "kernel7")
     good = verity_images["a"]
-    result = boot(kernel, verity_image(kernel), [good.squashfs, good.hash],
+    result = boot(kernel, appliance_image(kernel), [good.squashfs, good.hash],
                   f"roothash={good.root_hash} systemd.verity_root_data=/dev/vda "
                   "systemd.verity_root_hash=/dev/vdb rw init=/sbin/veritycheck", tmp_path)
     answers = said(result)
@@ -155,10 +136,10 @@ def test_a_verified_squashfs_root_with_its_devices_named(
 
 
 def test_the_partitions_found_from_the_root_hash_under_an_overlay(
-        kernel7: Kernel, verity_image: Callable[[Kernel], str],
+        kernel7: Kernel, appliance_image: Callable[[Kernel], str],
         verity_images: dict[str, Image], ab_disk: str, tmp_path: Path) -> None:
     good = verity_images["a"]
-    result = boot(kernel7, verity_image(kernel7), [ab_disk],
+    result = boot(kernel7, appliance_image(kernel7), [ab_disk],
                   f"roothash={good.root_hash} systemd.volatile=overlay init=/sbin/veritycheck",
                   tmp_path)
     answers = said(result)
@@ -171,10 +152,10 @@ def test_the_partitions_found_from_the_root_hash_under_an_overlay(
 
 
 def test_slot_b_corrupt_is_never_replaced_by_slot_a(
-        kernel7: Kernel, verity_image: Callable[[Kernel], str],
+        kernel7: Kernel, appliance_image: Callable[[Kernel], str],
         verity_images: dict[str, Image], ab_disk: str, tmp_path: Path) -> None:
     slot_b = verity_images["b"]
-    result = boot(kernel7, verity_image(kernel7), [ab_disk], f"roothash={slot_b.root_hash}",
+    result = boot(kernel7, appliance_image(kernel7), [ab_disk], f"roothash={slot_b.root_hash}",
                   tmp_path)
     assert (f"boot failed in stage verity: verity root (data /dev/vda3, hash /dev/vda4, "
             f"roothash {slot_b.root_hash}): its first data block does not match the hash "
@@ -185,10 +166,10 @@ def test_slot_b_corrupt_is_never_replaced_by_slot_a(
 
 
 def test_a_flipped_byte_reads_as_an_error(
-        kernel7: Kernel, verity_image: Callable[[Kernel], str],
+        kernel7: Kernel, appliance_image: Callable[[Kernel], str],
         verity_images: dict[str, Image], tmp_path: Path) -> None:
     flipped = verity_images["flipped"]
-    result = boot(kernel7, verity_image(kernel7), [flipped.squashfs, flipped.hash],
+    result = boot(kernel7, appliance_image(kernel7), [flipped.squashfs, flipped.hash],
                   f"roothash={flipped.root_hash} systemd.verity_root_data=/dev/vda "
                   "systemd.verity_root_hash=/dev/vdb init=/sbin/veritycheck", tmp_path)
     answers = said(result)
@@ -199,10 +180,10 @@ def test_a_flipped_byte_reads_as_an_error(
 
 
 def test_a_wrong_root_hash_mounts_nothing_and_resets(
-        kernel7: Kernel, verity_image: Callable[[Kernel], str],
+        kernel7: Kernel, appliance_image: Callable[[Kernel], str],
         verity_images: dict[str, Image], tmp_path: Path) -> None:
     good, other = verity_images["a"], verity_images["b"]
-    result = boot(kernel7, verity_image(kernel7), [good.squashfs, good.hash],
+    result = boot(kernel7, appliance_image(kernel7), [good.squashfs, good.hash],
                   f"roothash={other.root_hash} systemd.verity_root_data=/dev/vda "
                   "systemd.verity_root_hash=/dev/vdb", tmp_path)
     assert (f"boot failed in stage verity: /dev/vdb: the hash tree's top block hashes to "
@@ -213,7 +194,7 @@ def test_a_wrong_root_hash_mounts_nothing_and_resets(
 
 
 def test_a_signature_the_kernel_does_not_trust_is_refused(
-        kernel7: Kernel, verity_image: Callable[[Kernel], str],
+        kernel7: Kernel, appliance_image: Callable[[Kernel], str],
         verity_images: dict[str, Image], tmp_path: Path) -> None:
     good = verity_images["a"]
     key, cert, text, sig = (str(tmp_path / n) for n in ("key.pem", "cert.pem", "hash", "sig"))
@@ -225,7 +206,7 @@ def test_a_signature_the_kernel_does_not_trust_is_refused(
                     "-inkey", key, "-signer", cert, "-outform", "der", "-out", sig],
                    check=True, capture_output=True)
     signature = base64.b64encode(Path(sig).read_bytes()).decode()
-    result = boot(kernel7, verity_image(kernel7), [good.squashfs, good.hash],
+    result = boot(kernel7, appliance_image(kernel7), [good.squashfs, good.hash],
                   f"roothash={good.root_hash} systemd.verity_root_data=/dev/vda "
                   "systemd.verity_root_hash=/dev/vdb "
                   f"systemd.verity_root_options=root-hash-signature=base64:{signature}",
