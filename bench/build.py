@@ -54,6 +54,8 @@ class Row:
 def ensure_tools() -> None:
     missing = [pkg for tool, pkg in (("/usr/sbin/mkinitramfs", "initramfs-tools"),
                                      ("/usr/bin/dracut", "dracut-core"),
+                                     ("/usr/lib/dracut/modules.d/90dmsquash-live",
+                                      "dracut-live"),
                                      ("/usr/share/initramfs-tools/hooks/cryptroot",
                                       "cryptsetup-initramfs"))
                if not os.path.exists(tool)]

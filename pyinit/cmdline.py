@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 from pyinit import layout
+from pyinit.errors import BootError
 from pyinit.rootspec import RootSpec, RootSpecError, parse_root
 
 # Every boolean key's words, as systemd's parse_boolean() (any case); the bare key is on.
@@ -36,7 +37,7 @@ FIELDS = {"rootfstype": "rootfstype", "rootflags": "rootflags", "rootdelay": "ro
           "fsck.mode": "fsck_mode", "fsck.repair": "fsck_repair"}
 
 
-class CmdlineError(ValueError):
+class CmdlineError(BootError, ValueError):
     """A known key has a value pyinit cannot use."""
 
 

@@ -13,11 +13,12 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from pyinit import kernlog
+from pyinit.errors import BootError
 
 KILL_WAIT = 5.0  # seconds a killed child may take to go
 
 
-class CommandError(RuntimeError):
+class CommandError(BootError, RuntimeError):
     """A child could not run, did not finish in time, or failed; the message says which,
     with the command and its last line of output."""
 

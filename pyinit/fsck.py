@@ -9,12 +9,13 @@ import os
 from typing import NamedTuple
 
 from pyinit import command
+from pyinit.errors import BootError
 
 SEARCH = ("/sbin", "/usr/sbin", "/bin", "/usr/bin")
 TIMEOUT = 3600.0  # a large filesystem can take long; never forever
 
 
-class FsckError(RuntimeError):
+class FsckError(BootError, RuntimeError):
     """fsck found errors it could not fix, or could not run."""
 
 

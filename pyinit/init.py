@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from pyinit import cmdline, early, layout, lazyimport, log, pid1, rescue
 from pyinit.cmdline import Options
+from pyinit.errors import BootError
 
 if TYPE_CHECKING:
     from pyinit import liveimg, overlay, verity
@@ -43,6 +44,19 @@ class Boot:
             log.get().info("stage", stage=name, duration=round(time.monotonic() - start, 3))
             return result
 
+    def root(self) -> Options:
+        """The options the root is found and mounted with, read at each try (the console's
+        cmdline() may have changed them): a verified root is /dev/mapper/root, read-only,
+        and under an overlay the root is its read-only lower layer."""
+        root = self.options
+        if self.verity is not None:
+            from pyinit import stages
+
+            root = stages.verified_root(root)
+        if self.overlay is not None:
+            root = root._replace(read_only=True)
+        return root
+
     def check_cmdline(self) -> None:
         """Bad values on the command line stop the boot here, with every problem named;
         the rest of the line (rd.shell=, rd.emergency=, ...) is already in force."""
@@ -54,15 +68,15 @@ class Boot:
 
         try:
             self.overlay = stages.overlay_request(self.options)
-        except RuntimeError as err:  # OverlayError, without importing its module here
+        except BootError as err:  # OverlayError, without importing its module here
             errors.append(str(err))
         try:
             self.verity = stages.verity_request(self.options)
-        except RuntimeError as err:  # VerityError, likewise
+        except BootError as err:  # VerityError, likewise
             errors.append(str(err))
         try:
             self.live = stages.live_request(self.options)
-        except RuntimeError as err:  # LiveError, likewise
+        except BootError as err:  # LiveError, likewise
             errors.append(str(err))
 
         stacks = stages.storage_stacks()
@@ -98,22 +112,20 @@ class Boot:
             return previous
 
         hotplug = self.stage("modules", modules)
-        root = self.options
-        if self.verity is not None:  # the root becomes /dev/mapper/root, read-only
+        if self.verity is not None:  # the root becomes /dev/mapper/root
             verified = self.verity
             self.stage("verity", lambda: stages.open_verity(verified, self.options, hotplug))
-            root = stages.verified_root(root)
-        if self.overlay is not None:  # the root itself is the overlay's read-only lower layer
-            root = root._replace(read_only=True)
-        device = self.stage("discover", lambda: stages.discover_root(root, hotplug))
+        device = self.stage("discover", lambda: stages.discover_root(self.root(), hotplug))
         if self.live is not None:  # root= names the partition that holds the image file
             live = self.live
             self.stage("mount", lambda: stages.mount_live(live, hotplug, device, SYSROOT))
         else:
-            self.stage("mount", lambda: stages.mount_root(root, hotplug, device, SYSROOT))
+            self.stage("mount", lambda: stages.mount_root(self.root(), hotplug, device,
+                                                          SYSROOT))
         if self.overlay is not None:
             request = self.overlay
-            self.stage("overlay", lambda: stages.mount_overlay(request, hotplug, SYSROOT))
+            self.stage("overlay", lambda: stages.mount_overlay(request, self.options, hotplug,
+                                                               SYSROOT))
         # Past this stage there is no way back: the exec stage alone is tried again.
         method, removed, init = self.stage(
             "switch_root", lambda: stages.hand_over(self.options, hotplug, SYSROOT))

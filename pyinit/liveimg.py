@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from pyinit import loopdev, mountroot, syscalls
 from pyinit.cmdline import FALSE, TRUE
+from pyinit.errors import BootError
 
 LIVE = "/run/initramfs/live"
 RAM_COPY = "/run/initramfs/squashfs.img"
@@ -25,7 +26,7 @@ TYPES = ("squashfs", "erofs")
 MODULE = "loop"
 
 
-class LiveError(RuntimeError):
+class LiveError(BootError, RuntimeError):
     """The image file is missing, not an image, or cannot be mounted."""
 
     hint = ("check root=live: (the partition), rd.live.dir= and rd.live.squashimg= (the file "

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 
 from pyinit.blockdev import BY_PATH, BlockDevice
+from pyinit.errors import BootError
 from pyinit.rootspec import RootSpec
 
 
-class DiscoveryError(RuntimeError):
+class DiscoveryError(BootError, RuntimeError):
     """The root device was not found, or root= matched more than one device."""
 
 

@@ -15,10 +15,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from pyinit.errors import BootError
+
 ACTIVE = "/sys/class/tty/console/active"
 
 
-class PromptError(RuntimeError):
+class PromptError(BootError, RuntimeError):
     """No console to ask on, or nobody answered in time."""
 
 

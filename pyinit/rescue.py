@@ -11,6 +11,7 @@ import traceback
 from typing import NoReturn
 
 from pyinit import console, layout, log, pid1, syscalls
+from pyinit.errors import EXPECTED
 
 SHELLS = ("/bin/sh", "/usr/bin/sh", "/bin/busybox")
 ACTIONS = {
@@ -118,6 +119,10 @@ def detail(error: BaseException) -> str:
 def describe(stage: str, error: BaseException) -> list[str]:
     """The few lines a person reads: stage, what went wrong (asked/found), what to try."""
     lines = [f"boot failed in stage {stage}: {detail(error)}"]
+    if not isinstance(error, EXPECTED):  # a bug: the traceback follows
+        lines[0] = f"boot failed in stage {stage}: {type(error).__name__}: {detail(error)}"
+        lines.append(f"try: {HINTS['init']}")
+        return lines
     hint = getattr(error, "hint", None) or HINTS.get(stage)
     if hint:
         lines.append(f"try: {hint}")
@@ -129,8 +134,13 @@ def failure(stage: str, error: BaseException, boot: console.BootState) -> None:
     lines = describe(stage, error)
     log.get().error("failure", stage=stage, error=detail(error))
     text = "\n" + "".join(f"pyinit: {line}\n" for line in lines)
-    if not isinstance(error, (OSError, ValueError, RuntimeError, LookupError)):
-        text += "".join(traceback.format_exception(error))
+    if not isinstance(error, EXPECTED):  # a bug in pyinit: where it happened, everywhere
+        trace = traceback.format_exception(error)
+        text += "".join(trace)
+        where = traceback.extract_tb(error.__traceback__)[-3:]
+        log.get().error("bug", stage=stage, type=type(error).__name__,
+                        at=" < ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}"
+                                      for f in reversed(where)))
     _console(text)
     options = boot.options
     action = options.emergency

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from pyinit.errors import BootError
+
 KINDS = ("path", "uuid", "label", "partuuid", "partlabel", "devnum")
 
 _BY_LINK = {
@@ -16,7 +18,7 @@ _PREFIX = {"UUID=": "uuid", "LABEL=": "label", "PARTUUID=": "partuuid", "PARTLAB
 _PARTNROFF = re.compile(r"^(?P<uuid>[^/]+)/PARTNROFF=(?P<off>-?\d+)$", re.IGNORECASE)
 
 
-class RootSpecError(ValueError):
+class RootSpecError(BootError, ValueError):
     """root= has a value no form accepts."""
 
 

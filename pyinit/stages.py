@@ -24,6 +24,7 @@ from pyinit import udevd as udevd_
 from pyinit.assemble import Discovery
 from pyinit.blockdev import BlockDevice
 from pyinit.cmdline import Options
+from pyinit.errors import BootError
 from pyinit.kmod import Loader, ModuleError, running_kernel_index
 from pyinit.match import DiscoveryError
 from pyinit.rootspec import parse_root
@@ -119,7 +120,7 @@ def storage_stacks() -> list[str]:
         return []
 
 
-class VerityMissing(RuntimeError):
+class VerityMissing(BootError, RuntimeError):
     """A verity key on the line of an image built without pyinit.verity."""
 
 
@@ -225,11 +226,20 @@ def overlay_request(options: Options) -> overlay_.Request | None:
     return overlay.request(options.raw)
 
 
-def mount_overlay(request: overlay_.Request, hotplug: Hotplug, target: str) -> None:
+def mount_overlay(request: overlay_.Request, options: Options, hotplug: Hotplug,
+                  target: str) -> None:
+    """The overlay over the mounted root; a persistent upper layer's partition is waited
+    for first (within rd.timeout)."""
     from pyinit import overlay
 
+    partition = None
+    if request.device is not None:
+        found = Discovery(request.device, hotplug, options.timeout,
+                          wait_forever=options.rootwait, emit=_emit, warn=_warn,
+                          key=request.key).run()
+        partition = (found.node, found.props.get("ID_FS_TYPE") or None)
     overlay.mount(request, target, lambda alias: hotplug.loader.load_optional_alias(
-        alias, reason="overlay"), _emit)
+        alias, reason="overlay"), _emit, partition=partition)
 
 
 def hand_over(options: Options, hotplug: Hotplug, new_root: str) -> tuple[str, int, str]:

@@ -18,13 +18,14 @@ import subprocess
 import time
 
 from pyinit import command, layout
+from pyinit.errors import BootError
 
 START_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
 
-class UdevError(RuntimeError):
+class UdevError(BootError, RuntimeError):
     """udevd did not start, or a udevadm command failed."""
 
 

@@ -44,6 +44,7 @@ except ImportError:
 
 from pyinit import devmapper, kernlog, layout, syscalls
 from pyinit.cmdline import FALSE, TRUE
+from pyinit.errors import BootError
 from pyinit.rootspec import RootSpec, RootSpecError, parse_root
 
 NAME = "root"
@@ -64,7 +65,7 @@ SIZES = ("data-block-size", "hash-block-size", "data-blocks", "hash-offset", "fo
 HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 
 
-class VerityError(RuntimeError):
+class VerityError(BootError, RuntimeError):
     """Verity was asked for in a form the init cannot use, or the devices do not verify."""
 
     hint = ("check roothash= against the image's (veritysetup dump HASHDEV), and the data "

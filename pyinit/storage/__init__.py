@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from pyinit import cmdline, command, kernlog, layout, udevd
 from pyinit.cmdline import FALSE, TRUE
+from pyinit.errors import BootError
 
 if TYPE_CHECKING:
     from pyinit.blockdev import BlockDevice
@@ -44,7 +45,7 @@ TOOL_TIMEOUT = 600.0  # an argon2 keyslot under emulation, a large volume group
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-class StorageError(RuntimeError):
+class StorageError(BootError, RuntimeError):
     """A stack could not be brought up; the message names the device and what to do."""
 
     hint = ("the message names the device and what it needs; rd.luks=0, rd.lvm=0 or "

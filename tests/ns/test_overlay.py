@@ -4,12 +4,14 @@ a tmpfs tree, the upper in a tmpfs, and what a failure leaves."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pyinit import overlay, syscalls
+from pyinit import loopdev, overlay, syscalls
+from pyinit.rootspec import parse_root
 from tests.ns.test_switchroot import in_namespace
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for mount namespaces")
@@ -26,7 +28,7 @@ def read_only_root(top: str) -> str:
     return root
 
 
-def paths(top: str) -> dict[str, str]:
+def paths(top: str) -> dict[str, Any]:
     return {"lower": f"{top}/run/rootfsbase", "upper_fs": f"{top}/run/overlayfs",
             "volatile_root": f"{top}/run/systemd/volatile-root"}
 
@@ -120,3 +122,108 @@ def test_a_volatile_root_that_cannot_be_written_takes_the_overlay_down(tmp_path:
     seen = in_namespace(body)
     assert seen["message"].startswith("rd.overlay: cannot write ") and seen["root"] == "tmpfs"
     assert seen["left"] == []
+
+
+def ext4_partition(tmp_path: Path) -> str:
+    image = str(tmp_path / "data.ext4")
+    with open(image, "wb") as fh:
+        fh.truncate(16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True)
+    return image
+
+
+def boot_once(top: str, image: str, asked: overlay.Request, write: str | None
+              ) -> dict[str, Any]:
+    """One boot's overlay over a fresh read-only root, its upper layer on IMAGE (an ext4
+    file on a loop device, as a data partition): what the root shows, then WRITE."""
+    os.makedirs(top)
+    root = read_only_root(top)
+    node, fd = loopdev.attach(image, read_only=False)
+    events: list[tuple[str, dict[str, object]]] = []
+    try:
+        overlay.mount(asked, root, lambda alias: None, lambda e, **f: events.append((e, f)),
+                      **paths(top), top_fs=f"{top}/run/overlayfs-rw",
+                      partition=(node, "ext4"))
+    finally:
+        os.close(fd)
+    seen = sorted(n for n in os.listdir(root) if n != "etc")
+    if write:
+        Path(f"{root}/{write}").write_text("x")
+    on_partition = sorted(os.listdir(f"{top}/run/overlayfs/overlay"))
+    for path in (root, f"{top}/run/overlayfs-rw", f"{top}/run/overlayfs"):
+        if os.path.ismount(path):
+            syscalls.umount2(path, 0)
+    return {"seen": seen, "on_partition": on_partition, "events": events}
+
+
+def test_a_persistent_upper_layer_survives_reboots_until_a_reset(tmp_path: Path) -> None:
+    image = ext4_partition(tmp_path)
+    spec = parse_root("/dev/loop")  # what the caller's discovery matched; not read here
+
+    def body() -> dict[str, Any]:
+        plain = overlay.Request("rd.overlay", "", spec)
+        return {
+            "first": boot_once(f"{tmp_path}/1", image, plain, "kept"),
+            "second": boot_once(f"{tmp_path}/2", image, plain, None),
+            "readonly": boot_once(f"{tmp_path}/3", image, plain._replace(readonly=True),
+                                  "lost"),
+            "after": boot_once(f"{tmp_path}/4", image, plain, None),
+            "reset": boot_once(f"{tmp_path}/5", image, plain._replace(reset=True), None),
+        }
+
+    seen = in_namespace(body)
+    assert seen["first"]["seen"] == [] and seen["first"]["on_partition"] == ["kept"]
+    assert seen["first"]["events"][0][1]["mode"] == "persistent"
+    assert seen["second"]["seen"] == ["kept"]  # it survived the "reboot"
+    assert seen["readonly"]["seen"] == ["kept"]
+    assert seen["readonly"]["events"][0][1]["mode"] == "read-only"
+    assert seen["after"]["seen"] == ["kept"]  # the read-only boot's write went to tmpfs
+    [(event, fields), mounted] = seen["reset"]["events"]
+    assert event == "overlay_reset" and int(fields["removed"]) >= 1
+    assert seen["reset"]["seen"] == [] and mounted[0] == "overlay_mounted"
+
+
+@pytest.mark.parametrize(("partition", "message"), [
+    (("/dev/sdz1", "vfat"), "rd.overlay: /dev/sdz1 is vfat, which cannot hold an overlay's "
+                            "upper layer (no trusted extended attributes); expected ext4"),
+    (("/dev/sdz1", None), "rd.overlay: /dev/sdz1 holds no filesystem"),
+])
+def test_an_upper_layer_it_cannot_use_puts_the_root_back(
+        tmp_path: Path, partition: tuple[str, str | None], message: str) -> None:
+    top = str(tmp_path)
+
+    def body() -> dict[str, Any]:
+        root = read_only_root(top)
+        try:
+            overlay.mount(overlay.Request("rd.overlay", "", parse_root("/dev/sdz1")), root,
+                          lambda alias: None, lambda e, **f: None, **paths(top),
+                          partition=partition)
+        except overlay.OverlayError as err:
+            error = str(err)
+        return {"message": error, "root_back": os.path.ismount(root)}
+
+    seen = in_namespace(body)
+    assert seen["message"].startswith(message) and seen["root_back"]
+
+
+def test_a_read_only_partition_is_one_line(tmp_path: Path) -> None:
+    image = ext4_partition(tmp_path)
+    top = str(tmp_path)
+
+    def body() -> dict[str, Any]:
+        root = read_only_root(top)
+        node, fd = loopdev.attach(image, read_only=True)  # a write-protected disk
+        try:
+            overlay.mount(overlay.Request("rd.overlay", "", parse_root("LABEL=data")), root,
+                          lambda alias: None, lambda e, **f: None, **paths(top),
+                          partition=(node, "ext4"))
+        except overlay.OverlayError as err:
+            error = str(err)
+        finally:
+            os.close(fd)
+        return {"message": error, "node": node, "root_back": os.path.ismount(root)}
+
+    seen = in_namespace(body)
+    assert seen["message"].startswith(f"rd.overlay: {seen['node']} is read-only, so it cannot "
+                                      "hold a persistent upper layer"), seen["message"]
+    assert seen["root_back"]

@@ -8,6 +8,7 @@ import pytest
 
 from pyinit import cmdline, layout, overlay, stages
 from pyinit.overlay import OverlayError, Request
+from pyinit.rootspec import parse_root
 
 
 @pytest.mark.parametrize(("line", "expected"), [
@@ -28,6 +29,16 @@ from pyinit.overlay import OverlayError, Request
     # dracut's key first when several ask
     ("systemd.volatile=overlay rd.overlay=tmpfs:size=1g", Request("rd.overlay", "size=1g")),
     ("rd.overlay=0 overlayroot=tmpfs", Request("overlayroot", "")),
+    # a persistent upper layer on a partition, wiped first or kept read-only
+    ("rd.overlay=LABEL=data", Request("rd.overlay", "", parse_root("LABEL=data"))),
+    ("rd.overlay=/dev/vdb rd.overlay.reset=1",
+     Request("rd.overlay", "", parse_root("/dev/vdb"), reset=True)),
+    ("rd.overlay=UUID=ABC rd.overlay.readonly",
+     Request("rd.overlay", "", parse_root("UUID=abc"), readonly=True)),
+    ("overlayroot=/dev/vdb", Request("overlayroot", "", parse_root("/dev/vdb"))),
+    ("overlayroot=device:dev=LABEL=data,timeout=30",
+     Request("overlayroot", "", parse_root("LABEL=data"))),
+    ("rd.overlay.reset=1", None),  # the reset alone asks for no overlay
 ])
 def test_what_the_line_asks(line: str, expected: Request | None) -> None:
     options = cmdline.parse(line)
@@ -36,16 +47,17 @@ def test_what_the_line_asks(line: str, expected: Request | None) -> None:
 
 
 @pytest.mark.parametrize(("line", "message"), [
-    ("rd.overlay=LABEL=data", "rd.overlay=LABEL=data: an upper layer on a partition is not "
-                              "supported by this pyinit; expected rd.overlay[=tmpfs[:size=N]], "
-                              "overlayroot=tmpfs, systemd.volatile=overlay"),
     ("rd.overlay=tmpfs:size=lots", "rd.overlay=tmpfs:size=lots: expected tmpfs options size=N "
                                    "(N, Nk, Nm, Ng or N%), nr_blocks=N, nr_inodes=N, found "
                                    "size=lots"),
     ("rd.overlay=tmpfs:nr_inodes=50%", "found nr_inodes=50%"),
     ("rd.overlay=tmpfs:mode=0777", "found mode=0777"),
-    ("overlayroot=/dev/vdb", "overlayroot=/dev/vdb: an upper layer on a partition"),
-    ("overlayroot=sometimes", "overlayroot=sometimes: expected tmpfs or disabled"),
+    ("overlayroot=sometimes", "overlayroot=sometimes: expected tmpfs, DEVSPEC or disabled"),
+    ("overlayroot=crypt:dev=/dev/vdb", "overlayroot=crypt:dev=/dev/vdb: an encrypted upper "
+                                       "layer is not supported"),
+    ("overlayroot=device:swap=1", "overlayroot=device:swap=1: expected device:dev=DEVSPEC"),
+    ("rd.overlay=/dev/", "rd.overlay=/dev/: expected tmpfs, or the upper layer's partition"),
+    ("rd.overlay=LABEL=x rd.overlay.reset=maybe", "rd.overlay.reset=maybe: expected 0 or 1"),
     ("systemd.volatile=yes", "systemd.volatile=yes: a tmpfs root with /usr from the image is "
                              "not supported by this pyinit; expected overlay, state or no"),
     ("systemd.volatile", "systemd.volatile: a tmpfs root"),
@@ -61,7 +73,7 @@ def test_forms_it_cannot_mount_are_one_line(line: str, message: str) -> None:
 def test_the_keys_that_import_the_module_are_the_ones_it_reads() -> None:
     for key in layout.OVERLAY_KEYS:
         with pytest.raises(OverlayError):
-            overlay.request({key: "/dev/nonsense"})
+            overlay.request({key: "tmpfs:nonsense"})
 
 
 def test_known_reads_nodev_filesystems(tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from pyinit import pid1, rescue
+from pyinit import cmdline, pid1, rescue
+from pyinit.match import DiscoveryError
+from pyinit.storage import StorageError
 
 
 def in_child(body: str) -> dict[str, object]:
@@ -105,7 +107,48 @@ def test_failure_text_names_stage_error_and_hint() -> None:
     assert lines == ["boot failed in stage discover: no device matched root=LABEL=x",
                      f"try: {rescue.HINTS['discover']}"]
     assert "virtio_pci" in rescue.HINTS["discover"]
-    assert rescue.describe("init", TypeError("boom"))[0] == "boot failed in stage init: boom"
+    assert rescue.describe("init", TypeError("boom")) == [
+        "boot failed in stage init: TypeError: boom", f"try: {rescue.HINTS['init']}"]
+
+
+@pytest.mark.parametrize("bug", [KeyError("root"), ValueError("bad"), LookupError("x"),
+                                 RuntimeError("y")])
+def test_a_bug_is_told_from_bad_input(bug: Exception) -> None:
+    """A KeyError inside pyinit is not bad input: it says its type and that it is a bug."""
+    lines = rescue.describe("discover", bug)
+    assert lines[0].startswith(f"boot failed in stage discover: {type(bug).__name__}: ")
+    assert lines[1] == f"try: {rescue.HINTS['init']}"
+
+
+@pytest.mark.parametrize("expected", [
+    cmdline.CmdlineError("root=: expected"), DiscoveryError("no device matched"),
+    StorageError("vda: locked"), OSError(5, "mount: Input/output error")])
+def test_expected_failures_are_their_one_line(expected: Exception) -> None:
+    assert rescue.describe("discover", expected)[0] == \
+        f"boot failed in stage discover: {rescue.detail(expected)}"
+
+
+def test_the_failure_path_shows_a_bugs_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    shown: list[str] = []
+    monkeypatch.setattr(rescue, "_console", shown.append)
+    monkeypatch.setattr(rescue, "power", lambda action: (_ for _ in ()).throw(SystemExit))
+
+    class Boot:
+        options = cmdline.parse("rd.shell=0 rd.emergency=reboot")
+
+    def buggy() -> None:
+        table: dict[str, int] = {}
+        table["missing"] += 1
+
+    try:
+        buggy()
+    except KeyError as err:
+        with pytest.raises(SystemExit):
+            rescue.failure("discover", err, Boot())
+    assert "Traceback (most recent call last)" in shown[0] and "in buggy" in shown[0]
+    with pytest.raises(SystemExit):
+        rescue.failure("discover", OSError(2, "gone"), Boot())
+    assert "Traceback" not in shown[-2]
 
 
 def test_children_lists_only_direct_children() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,8 +139,8 @@ def hotplug_boot(kernel: Kernel, image: str, root_tree: Path, tmp_path: Path) ->
                                str(tmp_path))
     try:
         vm.expect(r"Run /init as init process")
-        vm.expect(r"event=stage stage=modules|event=waiting_for_root", timeout=120)
-        time.sleep(5)
+        # the disk comes once the discover stage says it is waiting: after coldplug
+        vm.expect(r"event=waiting_for_root", timeout=120)
         vm.qmp({"execute": "blockdev-add", "arguments": {
                     "node-name": "late", "driver": "raw",
                     "file": {"driver": "file", "filename": disk.path}}},

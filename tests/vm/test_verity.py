@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 from pyinit import verity
-from tests.vm import harness
+from tests.vm import debian, harness
 from tests.vm.kernels import Kernel
 
 # init= on the verified root: reads a file that fills most of the image, then runs the
 # test init in its place (still PID 1).
 CHECK = r"""#!/bin/sh
 echo "VERITY pid=$$"
+echo "VERITY cmdline=$(cat /proc/cmdline)"
 if cat /big > /dev/null 2>&1; then echo "VERITY read=ok"; else echo "VERITY read=failed"; fi
 echo written > /written 2>/dev/null && echo "VERITY write=ok" || echo "VERITY write=refused"
 exec /sbin/init
@@ -119,9 +120,13 @@ def test_a_verified_squashfs_root_with_its_devices_named(
     good = verity_images["a"]
     result = boot(kernel, appliance_image(kernel), [good.squashfs, good.hash],
                   f"roothash={good.root_hash} systemd.verity_root_data=/dev/vda "
-                  "systemd.verity_root_hash=/dev/vdb rw init=/sbin/veritycheck", tmp_path)
+                  "systemd.verity_root_hash=/dev/vdb rw init=/sbin/veritycheck rauc.slot=A",
+                  tmp_path)
     answers = said(result)
     assert answers.get("pid") == "1", result.log[-3000:]
+    # An A/B updater reads the booted slot from the line as the boot loader wrote it.
+    assert "rauc.slot=A" in answers["cmdline"].split()
+    assert "systemd.verity_root_data=/dev/vda" in answers["cmdline"].split()
     assert answers["read"] == "ok" and answers["write"] == "refused"
     [opened] = result.events("verity_opened")
     assert opened["device"] == "/dev/mapper/root" and opened["data"] == "/dev/vda"
@@ -215,3 +220,28 @@ def test_a_signature_the_kernel_does_not_trust_is_refused(
             f"{good.root_hash}): the kernel refused the table with root-hash-signature=") \
         in result.log, result.log[-3000:]
     assert "root_mounted" not in result.log
+
+
+def test_a_verified_debian_root_under_an_overlay_boots_systemd(
+        kernel7: Kernel, appliance_image: Callable[[Kernel], str], tmp_path: Path) -> None:
+    """The debootstrapped Debian as a squashfs under dm-verity, systemd.volatile=overlay:
+    systemd comes up with no failed unit, its writes in the tmpfs."""
+    root = str(tmp_path / "root")
+    debian.unpack(root)
+    debian.configure(root, "# the root is the initramfs's: a verified image under an overlay\n")
+    squashfs = str(tmp_path / "debian.squashfs")
+    subprocess.run(["mksquashfs", root, squashfs, "-noappend", "-quiet", "-no-progress",
+                    "-comp", "zstd"], check=True)
+    shutil.rmtree(root)
+    image = formatted(squashfs, str(tmp_path / "debian.hash"))
+    result = harness.boot(kernel7.vmlinuz, appliance_image(kernel7), [image.squashfs, image.hash],
+                          f"console=ttyS0 panic=-1 roothash={image.root_hash} "
+                          "systemd.verity_root_data=/dev/vda systemd.verity_root_hash=/dev/vdb "
+                          "systemd.volatile=overlay", str(tmp_path / "debian.log"),
+                          timeout=600, memory_mb=768)
+    assert not result.timed_out, result.log[-4000:]
+    probe = debian.probe(result.log)
+    assert probe.get("done") == "", result.log[-4000:]
+    assert probe["failed"] == "", probe  # no failed units
+    assert result.events("verity_opened") and result.events("overlay_mounted")
+    assert "--switched-root --system --deserialize" in probe["pid1"], probe
