@@ -298,7 +298,7 @@ def make_fs_image(path: str, tree: str, fstype: str, size_mb: int, label: str,
         fs_uuid = ""
     elif fstype == "erofs":
         os.unlink(path)
-        argv = ["mkfs.erofs", "-q", "--all-root", f"-U{fs_uuid}", path, tree]
+        argv = ["mkfs.erofs", "--quiet", "--all-root", f"-U{fs_uuid}", path, tree]
     else:
         raise ValueError(f"no recipe for {fstype}")
     subprocess.run(argv, check=True, capture_output=True)
