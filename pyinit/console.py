@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any, Protocol
 
-from pyinit import cmdline, kmod, log, syscalls
+from pyinit import cmdline, kmod, layout, log, syscalls
 from pyinit.blockdev import scan_sysfs
 from pyinit.modindex import ModuleIndex
 
@@ -46,7 +46,7 @@ def helpers(boot: BootState) -> dict[str, Any]:
 
     def modprobe(name: str) -> None:
         """Load a module of the image (name or alias) with its dependencies."""
-        base = f"/lib/modules/{os.uname().release}"
+        base = f"{layout.MODULES_DIR}/{os.uname().release}"
         loader = kmod.Loader(ModuleIndex.load(base), on_event=log.get().info)
         loader.load(name, reason="console")
 

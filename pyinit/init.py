@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from pyinit.errors import BootError
 
 if TYPE_CHECKING:
     from pyinit import liveimg, overlay, verity
+    from pyinit.rootspec import RootSpec
     from pyinit.uevents import Hotplug
 
 T = TypeVar("T")
@@ -26,8 +28,9 @@ class Boot:
     def __init__(self) -> None:
         self.options = Options()
         self.overlay: overlay.Request | None = None  # check_cmdline sets it
-        self.verity: verity.Request | None = None  # check_cmdline sets it
+        self.verity: list[verity.Request] = []  # check_cmdline sets them: root, usr
         self.live: liveimg.Request | None = None  # check_cmdline sets it
+        self.usr: RootSpec | None = None  # mount.usr=, or the verified /usr: check_cmdline
         self.started = (0, 0)  # when the init started (realtime, monotonic us): run() sets it
 
     def stage(self, name: str, run: Callable[[], T]) -> T:
@@ -49,7 +52,7 @@ class Boot:
         cmdline() may have changed them): a verified root is /dev/mapper/root, read-only,
         and under an overlay the root is its read-only lower layer."""
         root = self.options
-        if self.verity is not None:
+        if any(request.name == "root" for request in self.verity):
             from pyinit import stages
 
             root = stages.verified_root(root)
@@ -71,8 +74,12 @@ class Boot:
         except BootError as err:  # OverlayError, without importing its module here
             errors.append(str(err))
         try:
-            self.verity = stages.verity_request(self.options)
+            self.verity = stages.verity_requests(self.options)
         except BootError as err:  # VerityError, likewise
+            errors.append(str(err))
+        try:
+            self.usr = stages.usr_spec(self.options, any(r.name == "usr" for r in self.verity))
+        except BootError as err:
             errors.append(str(err))
         try:
             self.live = stages.live_request(self.options)
@@ -112,9 +119,9 @@ class Boot:
             return previous
 
         hotplug = self.stage("modules", modules)
-        if self.verity is not None:  # the root becomes /dev/mapper/root
-            verified = self.verity
-            self.stage("verity", lambda: stages.open_verity(verified, self.options, hotplug))
+        for verified in self.verity:  # the root becomes /dev/mapper/root, /usr .../usr
+            self.stage("verity", functools.partial(stages.open_verity, verified, self.options,
+                                                   hotplug))
         device = self.stage("discover", lambda: stages.discover_root(self.root(), hotplug))
         if self.live is not None:  # root= names the partition that holds the image file
             live = self.live
@@ -126,6 +133,10 @@ class Boot:
             request = self.overlay
             self.stage("overlay", lambda: stages.mount_overlay(request, self.options, hotplug,
                                                                SYSROOT))
+        if self.usr is not None:
+            usr, verified_usr = self.usr, any(r.name == "usr" for r in self.verity)
+            self.stage("usr", lambda: stages.mount_usr(usr, self.options, hotplug, SYSROOT,
+                                                       verified_usr))
         # Past this stage there is no way back: the exec stage alone is tried again.
         method, removed, init = self.stage(
             "switch_root", lambda: stages.hand_over(self.options, hotplug, SYSROOT))

@@ -10,6 +10,10 @@ API_MOUNTS = ("/dev", "/proc", "/sys", "/run")  # moved into the real root at th
 API_DIRS = (*API_MOUNTS, SYSROOT, "/tmp")  # directories every image has
 DEFAULT_CMDLINE = "/etc/pyinit/cmdline"  # options the builder baked in; the kernel's line wins
 MODULES_DIR = "/lib/modules"  # + KVER: the kernel's modules and pyinit's index of them
+TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # PATH for the tools and shells the init runs
+# The shells the failure path looks for (rootfs-skel/init, which runs before pyinit can be
+# imported, keeps its own short list).
+SHELLS = ("/bin/sh", "/usr/bin/sh", "/bin/busybox")
 RUN_DIR = "/run/initramfs"  # survives the move of /run into the real root
 LOG_FILE = RUN_DIR + "/pyinit.log"
 # Written when a storage stack made dm or md devices: the shutdown unit unpacks the image

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 
-from pyinit import syscalls
+from pyinit import kernlog, syscalls
 
 _FLAGS = {
     "ro": (syscalls.MS_RDONLY, True),
@@ -69,7 +69,17 @@ def filesystems(proc_filesystems: str = "/proc/filesystems", nodev: bool = False
 
 def mount_root(device: str, target: str, fstype: str | None, probed_type: str | None,
                rootflags: str | None, read_only: bool) -> str:
-    """Mount DEVICE on TARGET; returns the type that worked. Raises MountError."""
+    """Mount DEVICE on TARGET; returns the type that worked. Raises MountError, with the
+    kernel's own words on why (a filesystem's or verity's) when it logged any."""
+    watch = kernlog.Watch()
+    try:
+        return _mount(device, target, fstype, probed_type, rootflags, read_only, watch)
+    finally:
+        watch.close()
+
+
+def _mount(device: str, target: str, fstype: str | None, probed_type: str | None,
+           rootflags: str | None, read_only: bool, watch: kernlog.Watch) -> str:
     flags, data = split_options(rootflags, read_only)
     os.makedirs(target, exist_ok=True)
     if fstype:
@@ -98,5 +108,6 @@ def mount_root(device: str, target: str, fstype: str | None, probed_type: str | 
     raise MountError(
         errno.EINVAL,
         f"cannot mount {device} on {target} ({'ro' if flags & syscalls.MS_RDONLY else 'rw'}"
-        f"{', ' + data if data else ''}): {tried}; the kernel knows: {known}",
+        f"{', ' + data if data else ''}): {tried}; the kernel knows: {known}"
+        f"{kernlog.quoted(watch.lines())}",
     )

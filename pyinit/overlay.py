@@ -12,8 +12,10 @@ Grammar (any of them asks; a value that turns it off, or no key, asks nothing):
 - Ubuntu's ``overlayroot=tmpfs``, ``overlayroot=DEVSPEC`` (or ``device:dev=DEVSPEC``),
   ``overlayroot=disabled``;
 - systemd's ``systemd.volatile=overlay``, ``systemd.volatile=no`` (``state`` is the real
-  root's: its fstab-generator mounts /var). ``systemd.volatile=yes`` and an encrypted
-  overlayroot (``crypt:``) are refused in one line.
+  root's: its fstab-generator mounts /var); ``systemd.volatile=yes`` (or the bare key)
+  makes the root a tmpfs holding only the image's /usr (read-only) and its merged-/usr
+  links (bin, sbin, lib...), as systemd-volatile-root does. An encrypted overlayroot
+  (``crypt:``) is refused in one line.
 
 The root is mounted read-only on /sysroot as for any boot (rootflags= apply to it, never to
 the overlay), then moved to /run/rootfsbase (dracut's place for the lower layer); the
@@ -32,7 +34,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
-from pyinit import mountroot, syscalls
+from pyinit import layout, mountroot, syscalls
 from pyinit.cmdline import FALSE, TRUE
 from pyinit.errors import BootError
 from pyinit.rootspec import RootSpec, RootSpecError, parse_root
@@ -63,6 +65,7 @@ class Request(NamedTuple):
     device: RootSpec | None = None  # the partition that holds a persistent upper layer
     reset: bool = False  # rd.overlay.reset: wipe the persistent layer first
     readonly: bool = False  # rd.overlay.readonly: keep the persistent layer unchanged
+    root_in_tmpfs: bool = False  # systemd.volatile=yes: a tmpfs root, /usr from the image
 
 
 
@@ -136,12 +139,10 @@ def request(params: Mapping[str, str | None]) -> Request | None:
         word = "yes" if value is None else value.lower()
         if word == "overlay":
             asked.append(Request("systemd.volatile", ""))
-        elif word in TRUE:
-            shown = "systemd.volatile" if value is None else f"systemd.volatile={value}"
-            raise OverlayError(f"{shown}: a tmpfs root with /usr from the image is not "
-                               "supported by this pyinit; expected overlay, state or no")
+        elif word in TRUE:  # the root is a tmpfs, with only /usr from the image
+            asked.append(Request("systemd.volatile", "", root_in_tmpfs=True))
         elif word != "state" and word not in FALSE:  # state: the real root's fstab-generator
-            raise OverlayError(f"systemd.volatile={value}: expected overlay, state or no")
+            raise OverlayError(f"systemd.volatile={value}: expected yes, overlay, state or no")
     return asked[0] if asked else None
 
 
@@ -156,19 +157,17 @@ def mount(asked: Request, target: str, load_alias: Callable[[str], object],
     """TARGET (the read-only root, mounted) becomes the lower layer of an overlay mounted on
     TARGET; PARTITION is the (node, probed type) of ASKED.device, found by the caller. On
     failure TARGET is put back as it was, so the stage can be tried again."""
+    device = os.stat(target).st_dev
+    if asked.root_in_tmpfs:  # no overlay at all
+        _usr_in_tmpfs(asked, target, emit, lower, volatile_root, device)
+        return
     if not known():
         load_alias(MODULE_ALIAS)
         if not known():
             raise OverlayError(f"{asked.key}: the kernel has no overlay filesystem and the "
                                "image no overlay module (build it with --add-drivers overlay, "
                                "or --no-hostonly)")
-    device = os.stat(target).st_dev
-    os.makedirs(lower, exist_ok=True)
-    try:
-        syscalls.mount(target, lower, None, syscalls.MS_MOVE)
-    except OSError as err:
-        raise OverlayError(f"cannot move the root from {target} to {lower}: "
-                           f"{os.strerror(err.errno or 0)}") from err
+    _move(target, lower)
     mounted: list[str] = []  # what a failure takes down, the last first
     reset = 0
     try:
@@ -198,17 +197,49 @@ def mount(asked: Request, target: str, load_alias: Callable[[str], object],
             raise OverlayError(f"{asked.key}: cannot mount the overlay on {target} "
                                f"({layers}): {os.strerror(err.errno or 0)}") from err
         mounted.append(target)
-        try:
-            _volatile_root(device, volatile_root)
-        except OSError as err:
-            raise OverlayError(f"{asked.key}: cannot write {volatile_root}: "
-                               f"{os.strerror(err.errno or 0)}") from err
+        _volatile_root(asked, device, volatile_root)
     except BaseException:
         _put_back(target, lower, mounted)
         raise
     emit("overlay_mounted", key=asked.key, lower=lower, upper=upper, upper_type=kind,
          options=asked.tmpfs_options or "default",
          mode="read-only" if asked.readonly else "persistent" if partition else "volatile")
+
+
+def _usr_in_tmpfs(asked: Request, target: str, emit: Callable[..., None], lower: str,
+                  volatile_root: str, device: int) -> None:
+    """systemd.volatile=yes: TARGET becomes a tmpfs with the image's /usr bound read-only
+    and the image's top-level links into /usr copied (a merged-/usr system's /sbin/init);
+    the image stays reachable at LOWER."""
+    if not os.path.isdir(f"{target}/usr") or not os.listdir(f"{target}/usr"):
+        raise OverlayError(f"{asked.key}: the root has no /usr to keep in a tmpfs root; "
+                           "expected a merged-/usr image (or systemd.volatile=overlay)")
+    links = {name: os.readlink(f"{target}/{name}") for name in sorted(os.listdir(target))
+             if os.path.islink(f"{target}/{name}")
+             and os.readlink(f"{target}/{name}").lstrip("/").startswith("usr/")}
+    _move(target, lower)
+    mounted: list[str] = []
+    try:
+        _tmpfs(asked, target, mounted)
+        for directory in ("/usr", *layout.API_MOUNTS):  # the API mounts move in here
+            os.mkdir(f"{target}{directory}", 0o755)
+        for name, points in links.items():
+            os.symlink(points, f"{target}/{name}")
+        try:
+            syscalls.mount(f"{lower}/usr", f"{target}/usr", None, syscalls.MS_BIND)
+            mounted.append(f"{target}/usr")
+            syscalls.mount("none", f"{target}/usr", None,
+                           syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_RDONLY)
+        except OSError as err:
+            raise OverlayError(f"{asked.key}: cannot bind the image's /usr into the tmpfs "
+                               f"root: {os.strerror(err.errno or 0)}") from err
+        _volatile_root(asked, device, volatile_root)
+    except BaseException:
+        _put_back(target, lower, mounted)
+        raise
+    emit("overlay_mounted", key=asked.key, lower=lower, upper=target, upper_type="tmpfs",
+         options=asked.tmpfs_options or "default", mode="tmpfs root",
+         links=",".join(links) or "none")
 
 
 def _tmpfs(asked: Request, where: str, mounted: list[str]) -> None:
@@ -281,9 +312,22 @@ def _put_back(target: str, lower: str, mounted: list[str]) -> None:
         pass
 
 
-def _volatile_root(device: int, link: str) -> None:
+def _move(target: str, lower: str) -> None:
+    os.makedirs(lower, exist_ok=True)
+    try:
+        syscalls.mount(target, lower, None, syscalls.MS_MOVE)
+    except OSError as err:
+        raise OverlayError(f"cannot move the root from {target} to {lower}: "
+                           f"{os.strerror(err.errno or 0)}") from err
+
+
+def _volatile_root(asked: Request, device: int, link: str) -> None:
     """LINK -> /dev/block/MAJ:MIN of the lower layer (systemd's volatile-root)."""
-    os.makedirs(os.path.dirname(link), exist_ok=True)
-    if os.path.lexists(link):
-        os.unlink(link)
-    os.symlink(f"/dev/block/{os.major(device)}:{os.minor(device)}", link)
+    try:
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(f"/dev/block/{os.major(device)}:{os.minor(device)}", link)
+    except OSError as err:
+        raise OverlayError(f"{asked.key}: cannot write {link}: "
+                           f"{os.strerror(err.errno or 0)}") from err

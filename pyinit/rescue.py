@@ -13,12 +13,7 @@ from typing import NoReturn
 from pyinit import console, layout, log, pid1, syscalls
 from pyinit.errors import EXPECTED
 
-SHELLS = ("/bin/sh", "/usr/bin/sh", "/bin/busybox")
-ACTIONS = {
-    "reboot": syscalls.RB_AUTOBOOT,
-    "poweroff": syscalls.RB_POWER_OFF,
-    "halt": syscalls.RB_HALT_SYSTEM,
-}
+ACTIONS = syscalls.POWER_ACTIONS
 HINTS = {
     "cmdline": "correct the kernel command line in the boot loader",
     "modules": "check that the image carries the module (mkinitramfs.py --list) and that it "
@@ -93,13 +88,13 @@ def open_console(stage: str, boot: console.BootState) -> bool:
     if not boot.options.shell:
         log.get().warning("console_locked", stage=stage, reason="rd.shell=0")
         return False
-    for shell in SHELLS:
+    for shell in layout.SHELLS:
         if os.access(shell, os.X_OK):
             _console(f"pyinit: starting {shell} (stage {stage}); exit it to go on\n")
             argv = [shell, "sh"] if shell.endswith("busybox") else [shell]
             try:
                 subprocess.run(argv, check=False, env={
-                    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PS1": f"pyinit({stage})# "})
+                    "PATH": layout.TOOL_PATH, "PS1": f"pyinit({stage})# "})
             except OSError as err:
                 _console(f"pyinit: cannot start {shell}: {err.strerror}\n")
                 continue

@@ -29,8 +29,7 @@ DM_IOCTL = struct.Struct("=3I7I Q 128s 129s 7s")
 DM_REMOVE_ALL = (3 << 30) | (DM_IOCTL.size << 16) | (0xFD << 8) | 1  # _IOWR(0xfd, 1, ...)
 MD_STOP_ARRAY = (9 << 8) | 0x32  # _IO(MD_MAJOR, 0x32)
 RB_KEXEC = 0x45584543  # LINUX_REBOOT_CMD_KEXEC: the kernel systemd loaded with kexec
-VERBS = {"reboot": syscalls.RB_AUTOBOOT, "kexec": RB_KEXEC,
-         "poweroff": syscalls.RB_POWER_OFF, "halt": syscalls.RB_HALT_SYSTEM}
+VERBS = {**syscalls.POWER_ACTIONS, "kexec": RB_KEXEC}
 
 
 def say(text: str) -> None:

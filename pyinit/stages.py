@@ -12,7 +12,6 @@ from pyinit import (
     early,
     execinit,
     fsck,
-    kernlog,
     layout,
     log,
     mountroot,
@@ -27,7 +26,7 @@ from pyinit.cmdline import Options
 from pyinit.errors import BootError
 from pyinit.kmod import Loader, ModuleError, running_kernel_index
 from pyinit.match import DiscoveryError
-from pyinit.rootspec import parse_root
+from pyinit.rootspec import RootSpec, RootSpecError, parse_root
 from pyinit.uevents import Hotplug
 
 if TYPE_CHECKING:
@@ -124,11 +123,12 @@ class VerityMissing(BootError, RuntimeError):
     """A verity key on the line of an image built without pyinit.verity."""
 
 
-def verity_request(options: Options) -> verity_.Request | None:
-    """The verified root the line asks for (None without its keys, and then pyinit.verity
-    is not imported). Raises VerityError for a form this image cannot set up."""
+def verity_requests(options: Options) -> list[verity_.Request]:
+    """The verified devices the line asks for, root then usr ([] without their keys, and
+    then pyinit.verity is not imported). Raises VerityError for a form this image cannot
+    set up."""
     if not any(key in options.raw for key in layout.VERITY_KEYS):
-        return None
+        return []
     try:
         from pyinit import verity
     except ModuleNotFoundError as err:
@@ -137,32 +137,62 @@ def verity_request(options: Options) -> verity_.Request | None:
         key = next(k for k in layout.VERITY_KEYS if k in options.raw)
         raise VerityMissing(f"{key}: this image carries no dm-verity support (rebuild it "
                             "with --appliance)") from err
-    return verity.request(options.raw, options.root, options.params)
+    return verity.requests(options.raw, options.root, options.params)
 
 
 def verified_root(options: Options) -> Options:
     """The options the root is found and mounted with once verity made it."""
     from pyinit import verity
 
-    return options._replace(root=parse_root(verity.MAPPED), read_only=True)
+    return options._replace(root=parse_root(verity.mapped("root")), read_only=True)
 
 
 def open_verity(request: verity_.Request, options: Options, hotplug: Hotplug) -> None:
     """Wait for the data and hash devices (within rd.timeout together), check them against
-    the root hash and map /dev/mapper/root."""
+    the hash and map /dev/mapper/NAME."""
     from pyinit import verity
 
     for name in verity.MODULES:
         hotplug.loader.load(name, reason="verity")
     start = time.monotonic()
     found = []
-    for spec, key in ((request.data, "systemd.verity_root_data"),
-                      (request.hash_device, "systemd.verity_root_hash")):
+    for spec, key in ((request.data, f"systemd.verity_{request.name}_data"),
+                      (request.hash_device, f"systemd.verity_{request.name}_hash")):
         left = max(options.timeout - (time.monotonic() - start), 0.0)
         found.append(Discovery(spec, hotplug, left, wait_forever=options.rootwait, emit=_emit,
                                warn=_warn, key=key).run())
     data, hashed = found
     verity.open_root(request, data.node, data.devnum, hashed.node, hashed.devnum, _emit)
+
+
+def usr_spec(options: Options, verified: bool) -> RootSpec | None:
+    """What /usr is mounted from: mount.usr=, or /dev/mapper/usr for a verified /usr."""
+    if verified:
+        return parse_root("/dev/mapper/usr")
+    text = options.raw.get("mount.usr")
+    if text is None:
+        return None
+    try:
+        return parse_root(text)
+    except RootSpecError as err:
+        raise cmdline.CmdlineError(str(err).replace("root=", "mount.usr=")) from None
+
+
+def mount_usr(spec: RootSpec, options: Options, hotplug: Hotplug, target: str,
+              read_only: bool) -> None:
+    """/usr on TARGET/usr (systemd's mount.usr=, mount.usrfstype=, mount.usrflags=)."""
+    device = Discovery(spec, hotplug, options.timeout, wait_forever=options.rootwait,
+                       emit=_emit, warn=_warn, key="mount.usr").run()
+    probed = device.props.get("ID_FS_TYPE")
+    fstype = options.raw.get("mount.usrfstype") or None
+    if (fstype or probed) and (fstype or probed) not in mountroot.filesystems():
+        hotplug.loader.load_optional_alias(f"fs-{fstype or probed}", reason="mount.usr")
+    read_only = read_only or (fstype or probed) in mountroot.READ_ONLY
+    usr = f"{target}/usr"
+    mounted = mountroot.mount_root(device.node, usr, fstype, probed,
+                                   options.raw.get("mount.usrflags"), read_only)
+    _emit("usr_mounted", device=device.node, target=usr, type=mounted,
+          mode="ro" if read_only else "rw")
 
 
 def mount_root(options: Options, hotplug: Hotplug, device: BlockDevice, target: str) -> None:
@@ -183,15 +213,8 @@ def mount_root(options: Options, hotplug: Hotplug, device: BlockDevice, target: 
         if result.reboot:
             _emit("fsck_reboot", device=device.node, reason="fsck fixed errors, asks for reboot")
             rescue.power("reboot")
-    watch = kernlog.Watch()  # a filesystem's or verity's own words on why it failed
-    try:
-        fstype = mountroot.mount_root(device.node, target, options.rootfstype,
-                                      probed, options.rootflags, options.read_only)
-    except mountroot.MountError as err:
-        raise mountroot.MountError(err.errno, f"{err.strerror}"
-                                   f"{kernlog.quoted(watch.lines())}") from err
-    finally:
-        watch.close()
+    fstype = mountroot.mount_root(device.node, target, options.rootfstype,
+                                  probed, options.rootflags, options.read_only)
     _emit("root_mounted", device=device.node, target=target, type=fstype,
           mode="ro" if options.read_only else "rw")
 

@@ -47,6 +47,8 @@ RB_HALT_SYSTEM: int = lib.RB_HALT_SYSTEM
 RB_POWER_OFF: int = lib.RB_POWER_OFF
 RB_ENABLE_CAD: int = lib.RB_ENABLE_CAD
 RB_DISABLE_CAD: int = lib.RB_DISABLE_CAD
+# The words rd.emergency= and systemd-shutdown use, and the reboot(2) command of each.
+POWER_ACTIONS = {"reboot": RB_AUTOBOOT, "poweroff": RB_POWER_OFF, "halt": RB_HALT_SYSTEM}
 
 
 def _fail(what: str, path: str | None = None, path2: str | None = None) -> OSError:

@@ -14,7 +14,9 @@ Grammar (systemd-veritysetup-generator's, kernel-command-line(7)):
   root-hash-signature=PATH|base64:DATA. Without a corruption option a corrupt block reads
   as EIO (the kernel's default).
 - ``root=`` may be left out or be /dev/mapper/root; naming another device is an error.
-  ``usrhash=`` and ``systemd.verity_usr_*`` are refused: pyinit does not mount /usr.
+- The same for /usr: ``usrhash=`` and ``systemd.verity_usr_data/hash/options=`` make
+  /dev/mapper/usr, which is mounted on /sysroot/usr (``mount.usr=`` may be left out or
+  name it).
 
 The device is made with the device-mapper ioctls (pyinit.devmapper), not veritysetup: the
 superblock is 512 bytes, the table one line, and libcryptsetup with libcrypto would add
@@ -42,14 +44,13 @@ except ImportError:
     from _sha256 import sha256  # type: ignore[import-not-found,no-redef,unused-ignore]
     from _sha512 import sha512  # type: ignore[import-not-found,no-redef,unused-ignore]
 
-from pyinit import devmapper, kernlog, layout, syscalls
+from pyinit import devmapper, kernlog, syscalls
 from pyinit.cmdline import FALSE, TRUE
 from pyinit.errors import BootError
 from pyinit.rootspec import RootSpec, RootSpecError, parse_root
 
 NAME = "root"
 DM_UUID_PREFIX = "CRYPT-VERITY-"  # libcryptsetup's, so that tools and the builder know it
-MAPPED = f"/dev/mapper/{NAME}"
 MODULES = ("dm_mod", "dm_verity")
 MAGIC = b"verity\0\0"
 # struct verity_sb (cryptsetup's lib/verity/verity.c): signature, version, hash_type, uuid,
@@ -94,6 +95,7 @@ class Request(NamedTuple):
     data: RootSpec
     hash_device: RootSpec
     settings: Settings
+    name: str = NAME  # the dm name, and what it is mounted as: root or usr
 
 
 class Geometry(NamedTuple):
@@ -111,16 +113,16 @@ class Geometry(NamedTuple):
 
 def _integer(option: str, text: str) -> int:
     if not text.isdigit():
-        raise VerityError(f"systemd.verity_root_options: {option}={text}: expected a number")
+        raise VerityError(f"{option}={text}: expected a number")
     return int(text)
 
 
-def settings(text: str) -> Settings:
+def settings(text: str, key: str = "systemd.verity_root_options") -> Settings:
     values: dict[str, object] = {}
     flags: list[str] = []
     for option in (o for o in text.split(",") if o):
         name, sep, value = option.partition("=")
-        shown = f"systemd.verity_root_options: {option}"
+        shown = f"{key}: {option}"
         if name == "superblock" and sep and value.lower() in (*TRUE, *FALSE):
             values["superblock"] = value.lower() in TRUE
         elif name in SIZES and sep:
@@ -153,14 +155,13 @@ def settings(text: str) -> Settings:
                               "hash=, root-hash-signature=, " + ", ".join(CORRUPTION + FLAGS))
     found = Settings(**values, flags=tuple(dict.fromkeys(flags)))  # type: ignore[arg-type]
     if found.format not in (None, 0, 1):
-        raise VerityError(f"systemd.verity_root_options: format={found.format}: expected 0 "
-                          "or 1")
+        raise VerityError(f"{key}: format={found.format}: expected 0 or 1")
     return found
 
 
 def wanted(params: Mapping[str, str | None], words: Sequence[str]) -> bool:
-    """Whether the line (its WORDS in order) asks for verity: a roothash=, not turned off
-    by the later of systemd.verity= and rd.systemd.verity=."""
+    """Whether the line (its WORDS in order) asks for verity: a roothash= or usrhash=, not
+    turned off by the later of systemd.verity= and rd.systemd.verity=."""
     on = True
     for word in words:
         key, sep, value = word.partition("=")
@@ -168,7 +169,7 @@ def wanted(params: Mapping[str, str | None], words: Sequence[str]) -> bool:
             if sep and value.lower() not in (*TRUE, *FALSE):
                 raise VerityError(f"{key}={value}: expected 0 or 1")
             on = not sep or value.lower() in TRUE
-    return on and "roothash" in params
+    return on and ("roothash" in params or "usrhash" in params)
 
 
 def partuuids(root_hash: bytes) -> tuple[str, str]:
@@ -188,39 +189,62 @@ def _device(key: str, value: str | None) -> RootSpec:
             from err
 
 
+# What each verified device is mounted as, and the key that names it otherwise.
+MOUNTS = {"root": ("roothash", "root"), "usr": ("usrhash", "mount.usr")}
+
+
+def mapped(name: str) -> str:
+    return f"/dev/mapper/{name}"
+
+
+def requests(params: Mapping[str, str | None], root: RootSpec | None,
+             words: Sequence[str]) -> list[Request]:
+    """The verified devices the line asks for (root, then usr): PARAMS its keys (the last
+    value of each), ROOT root= as parsed (or None), WORDS the line in order."""
+    if not wanted(params, words):
+        return []
+    found = []
+    for name, (hash_key, mount_key) in MOUNTS.items():
+        if hash_key not in params:
+            continue
+        named = root.text if name == "root" and root is not None else \
+            params.get(mount_key) if name == "usr" else None
+        found.append(_request(params, name, hash_key, mount_key, named))
+    return found
+
+
 def request(params: Mapping[str, str | None], root: RootSpec | None,
             words: Sequence[str]) -> Request | None:
-    """The verity root the line asks for, or None: PARAMS its keys (the last value of each),
-    ROOT root= as parsed (or None), WORDS the line in order."""
-    for key in layout.VERITY_USR_KEYS:
-        if key in params:
-            raise VerityError(f"{key}: a verity-protected /usr is not supported by this "
-                              "pyinit (it does not mount mount.usr=); expected roothash=")
-    if not wanted(params, words):
-        return None
-    text = params["roothash"] or ""
+    """The verified root alone (None without roothash=)."""
+    return next((r for r in requests(params, root, words) if r.name == "root"), None)
+
+
+def _request(params: Mapping[str, str | None], name: str, hash_key: str, mount_key: str,
+             named: str | None) -> Request:
+    text = params[hash_key] or ""
     if not HEX.fullmatch(text) or len(text) < 40:
-        raise VerityError(f"roothash={text}: expected the root hash in hex (64 digits for "
+        raise VerityError(f"{hash_key}={text}: expected the {name} hash in hex (64 digits for "
                           "sha256)")
     root_hash = bytes.fromhex(text)
-    if root is not None and root.text != MAPPED:
-        raise VerityError(f"root={root.text} with roothash=: the verified root is {MAPPED}; "
-                          f"expected root={MAPPED} or no root=, and the data device in "
-                          "systemd.verity_root_data=")
-    found = settings(params.get("systemd.verity_root_options") or "")
-    data_key, hash_key = "systemd.verity_root_data", "systemd.verity_root_hash"
-    if data_key in params and hash_key in params:
+    if named is not None and named != mapped(name):
+        raise VerityError(f"{mount_key}={named} with {hash_key}=: the verified {name} is "
+                          f"{mapped(name)}; expected {mount_key}={mapped(name)} or no "
+                          f"{mount_key}=, and the data device in systemd.verity_{name}_data=")
+    prefix = f"systemd.verity_{name}_"
+    found = settings(params.get(f"{prefix}options") or "", f"{prefix}options")
+    data_key, hash_dev_key = f"{prefix}data", f"{prefix}hash"
+    if data_key in params and hash_dev_key in params:
         return Request(root_hash, _device(data_key, params[data_key]),
-                       _device(hash_key, params[hash_key]), found)
+                       _device(hash_dev_key, params[hash_dev_key]), found, name)
     if len(root_hash) < 32:
-        raise VerityError(f"roothash={text}: {len(root_hash) * 8} bits are too few to find "
-                          f"the partitions by; expected {data_key}= and {hash_key}=")
+        raise VerityError(f"{hash_key}={text}: {len(root_hash) * 8} bits are too few to find "
+                          f"the partitions by; expected {data_key}= and {hash_dev_key}=")
     data_uuid, hash_uuid = partuuids(root_hash)
     data = _device(data_key, params[data_key]) if data_key in params else \
         parse_root(f"PARTUUID={data_uuid}")
-    hashed = _device(hash_key, params[hash_key]) if hash_key in params else \
+    hashed = _device(hash_dev_key, params[hash_dev_key]) if hash_dev_key in params else \
         parse_root(f"PARTUUID={hash_uuid}")
-    return Request(root_hash, data, hashed, found)
+    return Request(root_hash, data, hashed, found, name)
 
 
 def _size(fd: int) -> int:
@@ -265,7 +289,7 @@ def geometry(asked: Settings, fd: int, device: str, data_size: int) -> Geometry:
                           found.salt.hex())}
         for option, (value, there) in given.items():
             if value is not None and value != there:
-                raise VerityError(f"systemd.verity_root_options: {option}={value or '-'}, but "
+                raise VerityError(f"{option}={value or '-'} in the verity options, but "
                                   f"the superblock on {device} says {there or '-'}")
     else:
         dbs = asked.data_block_size or 4096
@@ -362,14 +386,14 @@ def signature(text: str, read: Callable[[str], bytes]) -> bytes:
                           f"{os.strerror(err.errno or 0)} (carry it with --include)") from err
 
 
-def _take_down() -> None:
-    """Remove a half-made /dev/mapper/root; the first error says what went wrong."""
+def _take_down(name: str) -> None:
+    """Remove a half-made /dev/mapper/NAME; the first error says what went wrong."""
     try:
-        devmapper.remove(NAME)
+        devmapper.remove(name)
     except OSError:
         pass
     try:
-        os.unlink(MAPPED)
+        os.unlink(mapped(name))
     except OSError:
         pass
 
@@ -381,15 +405,16 @@ def _read_file(path: str) -> bytes:
 
 def open_root(request_: Request, data: str, data_devnum: tuple[int, int], hashed: str,
               hash_devnum: tuple[int, int], emit: Callable[..., None]) -> str:
-    """Check the devices, map /dev/mapper/root and return its path. The modules
-    (MODULES) must be loaded."""
+    """Check the devices, map /dev/mapper/NAME (root or usr) and return its path. The
+    modules (MODULES) must be loaded."""
     asked = request_.settings
     with open(data, "rb", buffering=0) as data_file, open(hashed, "rb", buffering=0) as hash_file:
         data_fd, hash_fd = data_file.fileno(), hash_file.fileno()
         shape = geometry(asked, hash_fd, hashed, _size(data_fd))
         check(request_, shape, data_fd, hash_fd, data, hashed)
     key = None
-    description = f"pyinit:verity:{NAME}:{request_.root_hash.hex()[:16]}"
+    name = request_.name
+    description = f"pyinit:verity:{name}:{request_.root_hash.hex()[:16]}"
     if asked.signature is not None:
         blob = signature(asked.signature, _read_file)
         try:
@@ -397,12 +422,13 @@ def open_root(request_: Request, data: str, data_devnum: tuple[int, int], hashed
         except OSError as err:
             raise VerityError(f"root-hash-signature: the kernel refused the signature as a "
                               f"key: {os.strerror(err.errno or 0)}") from err
-    uuid = f"{DM_UUID_PREFIX}{shape.uuid.replace('-', '')}-{NAME}" if shape.uuid else \
-        f"{DM_UUID_PREFIX}{NAME}"
-    what = f"verity {NAME} (data {data}, hash {hashed}, roothash {request_.root_hash.hex()})"
+    uuid = f"{DM_UUID_PREFIX}{shape.uuid.replace('-', '')}-{name}" if shape.uuid else \
+        f"{DM_UUID_PREFIX}{name}"
+    what = (f"verity {name} (data {data}, hash {hashed}, {MOUNTS[name][0]} "
+            f"{request_.root_hash.hex()})")
     watch = kernlog.Watch()
     try:
-        devnum = devmapper.create(NAME, uuid)
+        devnum = devmapper.create(name, uuid)
     except devmapper.DMError as err:
         watch.close()
         raise VerityError(f"{what}: {err.strerror}") from err
@@ -410,10 +436,10 @@ def open_root(request_: Request, data: str, data_devnum: tuple[int, int], hashed
         " with root-hash-signature= (the kernel checks it against its trusted keys)"
         if key is not None else "")
     try:
-        devmapper.load(NAME, (table(request_, shape, data_devnum, hash_devnum,
+        devmapper.load(name, (table(request_, shape, data_devnum, hash_devnum,
                                     description if key is not None else None),), True)
-        devmapper.resume(NAME)
-        path = devmapper.node(NAME, devnum)
+        devmapper.resume(name)
+        path = devmapper.node(name, devnum)
         # One verified read now: data that does not match its tree stops the boot here,
         # named, rather than as a filesystem that cannot be probed or mounted.
         step = "its first data block does not match the hash tree"
@@ -421,7 +447,7 @@ def open_root(request_: Request, data: str, data_devnum: tuple[int, int], hashed
             os.pread(mapped.fileno(), shape.data_block_size, 0)
     except OSError as err:
         said = kernlog.quoted(watch.lines())
-        _take_down()
+        _take_down(name)
         raise VerityError(f"{what}: {step}: {os.strerror(err.errno or 0)}{said}") from err
     finally:
         watch.close()
@@ -430,7 +456,7 @@ def open_root(request_: Request, data: str, data_devnum: tuple[int, int], hashed
                 syscalls.invalidate_key(key)
             except OSError:
                 pass  # a thread keyring's key goes with the thread anyway
-    emit("verity_opened", device=path, data=data, hash=hashed, algorithm=shape.algorithm,
+    emit("verity_opened", name=name, device=path, data=data, hash=hashed, algorithm=shape.algorithm,
          blocks=shape.data_blocks, root_hash=request_.root_hash.hex(),
          corruption=asked.corruption or "eio", signed=key is not None)
     return path

@@ -25,7 +25,7 @@ MODULES = ("dm_verity", "squashfs", "erofs", "overlay", "loop")
 # The init's modules only an appliance image carries (a plain image stays as it was: the
 # hashes' extension modules and the verity code are 0.1 MB): pyinit.verity imports
 # pyinit.devmapper and the hashes. A roothash= given to an image without them is refused
-# in one line (pyinit.stages.verity_request).
+# in one line (pyinit.stages.verity_requests).
 PYTHON = ("pyinit.verity",)
 CMDLINE = "rd.shell=0 rd.emergency=reboot"
 IMAGE_TYPES = ("squashfs", "erofs")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
+
+from pyinit.builder import output
 
 CACHE = os.path.join(os.environ.get("PYINIT_CACHE", os.path.expanduser("~/.cache/pyinit")),
                      "runtime")
@@ -71,16 +72,4 @@ def store(params: dict[str, object], inputs: list[str], segment: Segment,
             "parts": segment.parts, "symlinks": segment.symlinks, "entries": segment.entries,
             "paths": segment.paths}
     for suffix, payload in ((".cpio", segment.data), (".json", json.dumps(meta).encode())):
-        _write_new(base + suffix, payload)
-
-
-def _write_new(path: str, payload: bytes) -> None:
-    """PAYLOAD at PATH through a temporary file, removed on any error or signal."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        output.replace_file(base + suffix, payload)

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
+from pyinit import layout
 from pyinit.builder import (
     appliance,
     archive,
@@ -155,7 +156,7 @@ def config_from(args: argparse.Namespace,
     kver = args.kver or os.uname().release
     running = kver == os.uname().release and args.kmoddir is None
     mode, why = config.choose_mode(args.mode, settings, default_mode, kver, running)
-    return Config(args.output, kver, args.kmoddir or f"/lib/modules/{kver}", settings,
+    return Config(args.output, kver, args.kmoddir or f"{layout.MODULES_DIR}/{kver}", settings,
                   mode == "host-only", args.force, source_date_epoch(), args.cache,
                   running_kernel=running, listed=mode == "listed", mode_reason=why)
 

@@ -28,7 +28,7 @@ from pyinit import layout
 from pyinit.builder import output
 
 BOOT = "/boot"
-MODULES = "/lib/modules"
+MODULES = layout.MODULES_DIR
 POST_UPDATE = "/etc/initramfs/post-update.d"
 POSTINST = "/etc/kernel/postinst.d/pyinit"
 POSTRM = "/etc/kernel/postrm.d/pyinit"

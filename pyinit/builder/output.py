@@ -37,6 +37,19 @@ class OutputError(ValueError):
     """The image cannot be written; the message names OUTPUT."""
 
 
+def replace_file(path: str, payload: bytes) -> None:
+    """PAYLOAD at PATH (a cache entry: no --force, no checks) through a temporary file
+    beside it, removed on any error or signal; readers see the old file or the new."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def write_atomically(output: str, data: bytes, force: bool) -> None:
     """Write DATA to OUTPUT through a temporary file beside it, put in place at the end."""
     tmp = stage(output, data, force)

@@ -28,7 +28,7 @@ from pyinit.builder import (
     strip,
 )
 from pyinit.modindex import INDEX_NAME
-from pyinit.storage import SHUTDOWN_SCRIPT, STACKS, stack_module
+from pyinit.storage import STACKS, stack_module
 
 # rootfs-skel/ beside the pyinit package in a checkout; the Debian package installs it here.
 SKELETON = next((d for d in (os.path.join(pyruntime.PYINIT_SRC, "rootfs-skel"),
@@ -39,6 +39,17 @@ SKELETON = next((d for d in (os.path.join(pyruntime.PYINIT_SRC, "rootfs-skel"),
 # at level 19 and 4.6 MB at level 9; the window is the part's own size (the frame carries
 # it), which the kernel's unzstd takes; unpacking costs the same.
 RUNTIME_ZSTD_LEVEL = 22
+
+# /shutdown in images with dm or md stacks: systemd-shutdown runs it from /run/initramfs.
+SHUTDOWN_SCRIPT = f"""#!/usr/bin/python3 -IS
+# pyinit's shutdown program (pyinit/shutdown.py): takes down the root's storage stack.
+import sys
+
+sys.path.insert(0, "{layout.SITE}")
+from pyinit import shutdown
+
+shutdown.main(sys.argv)
+"""
 
 
 class BuildError(Exception):

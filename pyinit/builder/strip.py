@@ -12,6 +12,8 @@ import shutil
 import subprocess
 import tempfile
 
+from pyinit.builder import output
+
 CACHE = os.path.join(os.environ.get("PYINIT_CACHE", os.path.expanduser("~/.cache/pyinit")),
                      "stripped")
 
@@ -39,14 +41,7 @@ class Stripper:
         except FileNotFoundError:
             stripped = self._strip(path) or original
             os.makedirs(self.cache, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.cache)
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(stripped)
-                os.replace(tmp, cached)
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            output.replace_file(cached, stripped)
         self.saved += len(original) - len(stripped)
         return stripped
 

@@ -31,18 +31,7 @@ STACKS = ("luks", "lvm", "mdraid", "btrfs")
 # read by pyinit.cmdline.storage_stack: a key given to an image without its stack is named
 # without importing that stack. Their names in messages:
 TITLES = {"luks": "LUKS", "lvm": "LVM", "mdraid": "mdraid", "btrfs": "btrfs"}
-# /shutdown in images with dm or md stacks: systemd-shutdown runs it from /run/initramfs.
-SHUTDOWN_SCRIPT = f"""#!/usr/bin/python3 -IS
-# pyinit's shutdown program (pyinit/shutdown.py): takes down the root's storage stack.
-import sys
-
-sys.path.insert(0, "{layout.SITE}")
-from pyinit import shutdown
-
-shutdown.main(sys.argv)
-"""
 TOOL_TIMEOUT = 600.0  # an argon2 keyslot under emulation, a large volume group
-PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class StorageError(BootError, RuntimeError):
@@ -133,7 +122,7 @@ class Env:
             extra_env: Mapping[str, str] | None = None) -> command.Done:
         """ARGV with the stacks' environment; a failure carries what the kernel logged
         while it ran (a tool's "Invalid argument" is often explained only there)."""
-        env = {"PATH": PATH, **(extra_env or {})}
+        env = {"PATH": layout.TOOL_PATH, **(extra_env or {})}
         if not self.udev_running:
             env["DM_DISABLE_UDEV"] = "1"  # libdevmapper makes the /dev/mapper nodes itself
         watch = kernlog.Watch()

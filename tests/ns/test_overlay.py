@@ -227,3 +227,54 @@ def test_a_read_only_partition_is_one_line(tmp_path: Path) -> None:
     assert seen["message"].startswith(f"rd.overlay: {seen['node']} is read-only, so it cannot "
                                       "hold a persistent upper layer"), seen["message"]
     assert seen["root_back"]
+
+
+def test_volatile_yes_keeps_only_usr_from_the_image(tmp_path: Path) -> None:
+    top = str(tmp_path)
+
+    def body() -> dict[str, Any]:
+        root = f"{top}/sysroot"
+        os.makedirs(root)
+        syscalls.mount("tmpfs", root, "tmpfs", 0, "mode=0755")
+        os.makedirs(f"{root}/usr/sbin")
+        Path(f"{root}/usr/sbin/init").write_text("#!/bin/sh\n")
+        os.symlink("usr/sbin", f"{root}/sbin")
+        os.symlink("/etc/elsewhere", f"{root}/notusr")
+        os.makedirs(f"{root}/etc")
+        syscalls.mount("none", root, None, syscalls.MS_REMOUNT | syscalls.MS_RDONLY)
+        events: list[tuple[str, dict[str, object]]] = []
+        overlay.mount(overlay.Request("systemd.volatile", "", root_in_tmpfs=True), root,
+                      lambda alias: None, lambda e, **f: events.append((e, f)), **paths(top))
+        Path(f"{root}/written").write_text("x")
+        try:
+            Path(f"{root}/usr/x").write_text("x")
+            usr_write = "ok"
+        except OSError:
+            usr_write = "refused"
+        return {"names": sorted(os.listdir(root)), "init": os.path.isfile(f"{root}/sbin/init"),
+                "usr_write": usr_write, "image": sorted(os.listdir(f"{top}/run/rootfsbase")),
+                "event": events[0][1]}
+
+    seen = in_namespace(body)
+    # no /etc, no link outside /usr; the API mounts' directories for the hand-over
+    assert seen["names"] == ["dev", "proc", "run", "sbin", "sys", "usr", "written"]
+    assert seen["init"] and seen["usr_write"] == "refused"
+    assert seen["image"] == ["etc", "notusr", "sbin", "usr"]
+    assert seen["event"]["mode"] == "tmpfs root" and seen["event"]["links"] == "sbin"
+
+
+def test_volatile_yes_needs_a_usr(tmp_path: Path) -> None:
+    top = str(tmp_path)
+
+    def body() -> dict[str, Any]:
+        root = read_only_root(top)
+        try:
+            overlay.mount(overlay.Request("systemd.volatile", "", root_in_tmpfs=True), root,
+                          lambda alias: None, lambda e, **f: None, **paths(top))
+        except overlay.OverlayError as err:
+            return {"message": str(err), "root_back": os.path.ismount(root)}
+        return {"message": ""}
+
+    seen = in_namespace(body)
+    assert seen["message"].startswith("systemd.volatile: the root has no /usr to keep")
+    assert seen["root_back"]

@@ -20,6 +20,8 @@ from pyinit.rootspec import parse_root
     ("overlayroot=tmpfs", Request("overlayroot", "")),
     ("overlayroot=disabled", None),
     ("systemd.volatile=overlay", Request("systemd.volatile", "")),
+    ("systemd.volatile=yes", Request("systemd.volatile", "", root_in_tmpfs=True)),
+    ("systemd.volatile", Request("systemd.volatile", "", root_in_tmpfs=True)),
     ("systemd.volatile=no", None),
     ("systemd.volatile=off", None),
     ("systemd.volatile=state", None),  # the real root's systemd mounts /var
@@ -58,10 +60,8 @@ def test_what_the_line_asks(line: str, expected: Request | None) -> None:
     ("overlayroot=device:swap=1", "overlayroot=device:swap=1: expected device:dev=DEVSPEC"),
     ("rd.overlay=/dev/", "rd.overlay=/dev/: expected tmpfs, or the upper layer's partition"),
     ("rd.overlay=LABEL=x rd.overlay.reset=maybe", "rd.overlay.reset=maybe: expected 0 or 1"),
-    ("systemd.volatile=yes", "systemd.volatile=yes: a tmpfs root with /usr from the image is "
-                             "not supported by this pyinit; expected overlay, state or no"),
-    ("systemd.volatile", "systemd.volatile: a tmpfs root"),
-    ("systemd.volatile=overlayfs", "systemd.volatile=overlayfs: expected overlay, state or no"),
+    ("systemd.volatile=overlayfs", "systemd.volatile=overlayfs: expected yes, overlay, state "
+                                   "or no"),
 ])
 def test_forms_it_cannot_mount_are_one_line(line: str, message: str) -> None:
     with pytest.raises(OverlayError) as err:

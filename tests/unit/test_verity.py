@@ -22,6 +22,10 @@ pytestmark = pytest.mark.skipif(shutil.which("veritysetup") is None,
 HASH = "ab" * 32
 
 
+def root_request(options: cmdline.Options) -> Request | None:
+    return next((r for r in stages.verity_requests(options) if r.name == "root"), None)
+
+
 class Formatted(NamedTuple):
     data: str
     hash: str
@@ -42,7 +46,7 @@ def veritysetup_format(tmp: Path, *extra: str, data_size: int = 1 << 20,
 
 
 def opened(found: Formatted, options: str = "") -> tuple[Request, verity.Geometry]:
-    request = stages.verity_request(cmdline.parse(
+    request = root_request(cmdline.parse(
         f"roothash={found.root_hash} systemd.verity_root_data=/dev/vda "
         f"systemd.verity_root_hash=/dev/vdb systemd.verity_root_options={options}"))
     assert request is not None
@@ -145,7 +149,8 @@ def test_a_root_hash_of_the_wrong_length(tmp_path: Path) -> None:
 
 def test_options_that_disagree_with_the_superblock(tmp_path: Path) -> None:
     found = veritysetup_format(tmp_path)
-    with pytest.raises(VerityError, match=r"data-blocks=9, but the superblock on .* says 256"):
+    with pytest.raises(VerityError, match=r"data-blocks=9 in the verity options, but the "
+                                          r"superblock on .* says 256"):
         opened(found, "data-blocks=9")
 
 
@@ -153,13 +158,13 @@ def test_options_that_disagree_with_the_superblock(tmp_path: Path) -> None:
 
 def test_the_partitions_come_from_the_root_hash() -> None:
     text = "0123456789abcdef" * 4
-    request = stages.verity_request(cmdline.parse(f"roothash={text}"))
+    request = root_request(cmdline.parse(f"roothash={text}"))
     assert request == Request(bytes.fromhex(text),
                               parse_root("PARTUUID=01234567-89ab-cdef-0123-456789abcdef"),
                               parse_root("PARTUUID=01234567-89ab-cdef-0123-456789abcdef"),
                               Settings())
     other = "00" * 16 + "ff" * 16
-    request = stages.verity_request(cmdline.parse(f"roothash={other}"))
+    request = root_request(cmdline.parse(f"roothash={other}"))
     assert request is not None
     assert request.data.value == "00000000-0000-0000-0000-000000000000"
     assert request.hash_device.value == "ffffffff-ffff-ffff-ffff-ffffffffffff"
@@ -170,17 +175,17 @@ def test_the_partitions_come_from_the_root_hash() -> None:
                                   "systemd.verity=1 rd.systemd.verity=0 roothash=" + HASH])
 def test_no_verity(line: str) -> None:
     options = cmdline.parse(line)
-    assert stages.verity_request(options) is None
+    assert root_request(options) is None
 
 
 def test_the_later_switch_wins() -> None:
     options = cmdline.parse(f"rd.systemd.verity=0 systemd.verity=1 roothash={HASH}")
-    assert stages.verity_request(options) is not None
+    assert root_request(options) is not None
 
 
 def test_root_may_name_the_mapped_device() -> None:
     options = cmdline.parse(f"root=/dev/mapper/root roothash={HASH}")
-    assert stages.verity_request(options) is not None
+    assert root_request(options) is not None
     assert stages.verified_root(options).root == parse_root("/dev/mapper/root")
     assert stages.verified_root(options._replace(read_only=False)).read_only
 
@@ -202,14 +207,19 @@ def test_root_may_name_the_mapped_device() -> None:
     (f"roothash={HASH} systemd.verity_root_options=format=2", "format=2: expected 0 or 1"),
     (f"roothash={HASH} systemd.verity_root_options=panic-on-corruption,ignore-corruption",
      "ignore-corruption: panic-on-corruption is given too"),
-    (f"roothash={HASH} systemd.verity_root_options=wat", "wat: expected superblock="),
+    (f"roothash={HASH} systemd.verity_root_options=wat",
+     "systemd.verity_root_options: wat: expected superblock="),
     (f"roothash={HASH} systemd.verity=maybe", "systemd.verity=maybe: expected 0 or 1"),
-    (f"usrhash={HASH}", "usrhash: a verity-protected /usr is not supported"),
+    (f"usrhash={HASH} mount.usr=/dev/vdb", "mount.usr=/dev/vdb with usrhash=: the "
+     "verified usr is /dev/mapper/usr; expected mount.usr=/dev/mapper/usr or no mount.usr="),
+    ("usrhash=00", "usrhash=00: expected the usr hash in hex"),
+    (f"usrhash={HASH} systemd.verity_usr_options=wat", "systemd.verity_usr_options: wat: "
+     "expected superblock="),
 ])
 def test_bad_lines_are_one_line(line: str, message: str) -> None:
     options = cmdline.parse(line)
     with pytest.raises(VerityError, match=re.escape(message)) as caught:
-        stages.verity_request(options)
+        root_request(options)
     assert "\n" not in str(caught.value)
 
 
@@ -267,5 +277,27 @@ def test_an_image_without_verity_says_so(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delattr(pyinit, "verity")
     with pytest.raises(stages.VerityMissing, match=re.escape(
             "roothash: this image carries no dm-verity support (rebuild it with --appliance)")):
-        stages.verity_request(cmdline.parse(f"roothash={HASH}"))
-    assert stages.verity_request(cmdline.parse("root=/dev/vda")) is None
+        root_request(cmdline.parse(f"roothash={HASH}"))
+    assert root_request(cmdline.parse("root=/dev/vda")) is None
+
+
+def test_a_verified_usr_beside_the_root() -> None:
+    other = "cd" * 32
+    options = cmdline.parse(f"root=/dev/vda usrhash={other} systemd.verity_usr_data=/dev/vdb "
+                            "systemd.verity_usr_hash=/dev/vdc")
+    [usr] = stages.verity_requests(options)
+    assert usr.name == "usr" and usr.data == parse_root("/dev/vdb")
+    assert usr.hash_device == parse_root("/dev/vdc")
+    assert stages.usr_spec(options, True) == parse_root("/dev/mapper/usr")
+    both = stages.verity_requests(cmdline.parse(f"roothash={HASH} usrhash={other}"))
+    assert [r.name for r in both] == ["root", "usr"]
+    assert both[1].data.value == verity.partuuids(bytes.fromhex(other))[0]
+    assert stages.verity_requests(cmdline.parse(f"systemd.verity=0 usrhash={other}")) == []
+
+
+def test_mount_usr_without_verity() -> None:
+    assert stages.usr_spec(cmdline.parse("root=/dev/vda mount.usr=LABEL=usr"), False) == \
+        parse_root("LABEL=usr")
+    assert stages.usr_spec(cmdline.parse("root=/dev/vda"), False) is None
+    with pytest.raises(cmdline.CmdlineError, match=r"mount.usr= is empty: expected"):
+        stages.usr_spec(cmdline.parse("root=/dev/vda mount.usr="), False)

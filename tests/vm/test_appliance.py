@@ -79,7 +79,30 @@ def test_an_overlay_form_it_cannot_mount_stops_the_boot(
         kernel7: Kernel, appliance_image: Callable[[Kernel], str], squashfs_root: str,
         tmp_path: Path) -> None:
     result = boot(kernel7, appliance_image(kernel7), squashfs_root,
-                  "root=/dev/vda overlayroot=/dev/vdb", tmp_path)
-    assert ("boot failed in stage cmdline: overlayroot=/dev/vdb: an upper layer on a "
-            "partition is not supported") in result.log, result.log[-3000:]
+                  "root=/dev/vda overlayroot=crypt:dev=/dev/vdb", tmp_path)
+    assert ("boot failed in stage cmdline: overlayroot=crypt:dev=/dev/vdb: an encrypted upper "
+            "layer is not supported") in result.log, result.log[-3000:]
     assert "reboot: Power down" in result.log and "root_mounted" not in result.log
+
+
+def test_volatile_yes_boots_a_tmpfs_root_with_the_images_usr(
+        kernel7: Kernel, appliance_image: Callable[[Kernel], str], root_tree: Path,
+        tmp_path: Path) -> None:
+    """systemd.volatile=yes on a merged-/usr image: / is a tmpfs, /usr the image's."""
+    tree = tmp_path / "merged"
+    (tree / "usr").mkdir(parents=True)
+    for name in ("bin", "sbin"):
+        shutil.copytree(root_tree / name, tree / "usr" / name, symlinks=True)
+        (tree / name).symlink_to(f"usr/{name}")
+    shutil.copytree(root_tree / "etc", tree / "etc")
+    disk = str(tmp_path / "merged.squashfs")
+    harness.make_fs_image(disk, str(tree), "squashfs", 1, "unused")
+    result = boot(kernel7, appliance_image(kernel7), disk,
+                  "root=/dev/vda systemd.volatile=yes", tmp_path)
+    assert "TESTINIT pid=1" in result.log, result.log[-3000:]
+    [layered] = result.events("overlay_mounted")
+    assert layered["mode"] == "tmpfs root" and layered["links"] == "bin,sbin"
+    mounts = result.lines("MOUNTINFO")
+    assert " - tmpfs " in next(line for line in mounts if " / / " in line)
+    assert " - squashfs /dev/vda ro" in next(line for line in mounts if " /usr " in line)
+    assert not result.events("api_dir_created") and "TESTINIT done" in result.log

@@ -245,3 +245,37 @@ def test_a_verified_debian_root_under_an_overlay_boots_systemd(
     assert probe["failed"] == "", probe  # no failed units
     assert result.events("verity_opened") and result.events("overlay_mounted")
     assert "--switched-root --system --deserialize" in probe["pid1"], probe
+
+
+USR_CHECK = r"""#!/bin/sh
+echo "USR marker=$(cat /usr/marker 2>/dev/null || echo none)"
+if (echo x > /usr/x) 2>/dev/null; then echo "USR write=ok"; else echo "USR write=refused"; fi
+exec /sbin/init
+"""
+
+
+def test_a_verified_usr_on_a_plain_root(kernel7: Kernel, appliance_image: Callable[[Kernel], str],
+                                        root_tree: Path, tmp_path: Path) -> None:
+    """usrhash= makes /dev/mapper/usr, mounted read-only on /sysroot/usr."""
+    tree = tmp_path / "root"
+    shutil.copytree(root_tree, tree, symlinks=True)
+    (tree / "usr").mkdir(exist_ok=True)
+    (tree / "sbin/usrcheck").write_text(USR_CHECK)
+    (tree / "sbin/usrcheck").chmod(0o755)
+    disk = harness.make_ext4_disk(str(tmp_path / "root.ext4"), str(tree))
+    (tmp_path / "usr").mkdir()
+    (tmp_path / "usr/marker").write_text("verified-usr\n")
+    squashfs = str(tmp_path / "usr.squashfs")
+    harness.make_fs_image(squashfs, str(tmp_path / "usr"), "squashfs", 1, "unused")
+    usr = formatted(squashfs, str(tmp_path / "usr.hash"))
+    result = boot(kernel7, appliance_image(kernel7), [disk.path, usr.squashfs, usr.hash],
+                  f"root=/dev/vda usrhash={usr.root_hash} systemd.verity_usr_data=/dev/vdb "
+                  "systemd.verity_usr_hash=/dev/vdc init=/sbin/usrcheck", tmp_path)
+    assert result.lines("USR marker=") == ["verified-usr"], result.log[-3000:]
+    assert result.lines("USR write=") == ["refused"]
+    [opened] = result.events("verity_opened")
+    assert opened["name"] == "usr" and opened["device"] == "/dev/mapper/usr"
+    [mounted] = result.events("usr_mounted")
+    assert mounted["type"] == "squashfs" and mounted["mode"] == "ro"
+    assert mounted["target"] == "/sysroot/usr"
+    assert "TESTINIT pid=1" in result.log and "TESTINIT done" in result.log
