@@ -162,7 +162,7 @@ def open_verity(request: verity_.Request, options: Options, hotplug: Hotplug) ->
         found.append(Discovery(spec, hotplug, left, wait_forever=options.rootwait, emit=_emit,
                                warn=_warn, key=key).run())
     data, hashed = found
-    verity.open_root(request, data.node, data.devnum, hashed.node, hashed.devnum, _emit)
+    verity.open_device(request, data.node, data.devnum, hashed.node, hashed.devnum, _emit)
 
 
 def usr_spec(options: Options, verified: bool) -> RootSpec | None:

@@ -213,12 +213,6 @@ def requests(params: Mapping[str, str | None], root: RootSpec | None,
     return found
 
 
-def request(params: Mapping[str, str | None], root: RootSpec | None,
-            words: Sequence[str]) -> Request | None:
-    """The verified root alone (None without roothash=)."""
-    return next((r for r in requests(params, root, words) if r.name == "root"), None)
-
-
 def _request(params: Mapping[str, str | None], name: str, hash_key: str, mount_key: str,
              named: str | None) -> Request:
     text = params[hash_key] or ""
@@ -403,7 +397,7 @@ def _read_file(path: str) -> bytes:
         return fh.read()
 
 
-def open_root(request_: Request, data: str, data_devnum: tuple[int, int], hashed: str,
+def open_device(request_: Request, data: str, data_devnum: tuple[int, int], hashed: str,
               hash_devnum: tuple[int, int], emit: Callable[..., None]) -> str:
     """Check the devices, map /dev/mapper/NAME (root or usr) and return its path. The
     modules (MODULES) must be loaded."""
