@@ -185,30 +185,116 @@ def printk_time(log: str, text: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def boot_series(series: Series, kernel: kernels.Kernel, image: str, disks: list[str],
-                root: str, runs: int, tmp: str, extra: str = "") -> None:
+def boot_once(series: Series, kernel: kernels.Kernel, image: str, disks: list[str],
+              root: str, run: int, tmp: str, extra: str = "") -> None:
+    """One boot of IMAGE, its figures added to SERIES: callers interleave the images run by
+    run, so that a slower minute of the host falls on all of them alike."""
     series.size = os.path.getsize(image)
-    for run in range(runs):
-        log = os.path.join(tmp, f"{series.group}-{series.image}-{kernel.name}-{series.cpus}-"
-                                f"{run}.log".replace(" ", "_"))
-        result = harness.boot(kernel.vmlinuz, image, disks,
-                              f"console=ttyS0 panic=-1 {root} {extra}", log,
-                              timeout=300, cpus=series.cpus)
-        start = printk_time(result.log, "Run /init as init process")
-        end = printk_time(result.log, "pyinit-test: real init running")
-        if start is None or end is None:
-            raise RuntimeError(f"{series.image} ({series.group}) on {kernel.name} did not "
-                               f"reach the real init; see {log}")
-        series.phases.append(end - start)
-        series.totals.append(end)
-        memfree = re.search(r"MEMINFO MemFree: (\d+)", result.log)
-        if memfree:
-            series.memfree_kb.append(int(memfree.group(1)))
-        kept = re.search(r"MEMINFO Unevictable: (\d+)", result.log)
-        if kept:
-            series.unevictable_kb.append(int(kept.group(1)))
-        for event in result.events("stage"):
-            series.stages.setdefault(event["stage"], []).append(float(event["duration"]))
+    log = os.path.join(tmp, f"{series.group}-{series.image}-{kernel.name}-{series.cpus}-"
+                            f"{run}.log".replace(" ", "_").replace("/", "_"))
+    result = harness.boot(kernel.vmlinuz, image, disks,
+                          f"console=ttyS0 panic=-1 {root} {extra}", log,
+                          timeout=300, cpus=series.cpus)
+    start = printk_time(result.log, "Run /init as init process")
+    end = printk_time(result.log, "pyinit-test: real init running")
+    if start is None or end is None:
+        last = (result.log.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{series.image} ({series.group}) on {kernel.name}: expected the "
+                           f"real init's line, found the console ending in {last!r}")
+    series.phases.append(end - start)
+    series.totals.append(end)
+    memfree = re.search(r"MEMINFO MemFree: (\d+)", result.log)
+    if memfree:
+        series.memfree_kb.append(int(memfree.group(1)))
+    kept = re.search(r"MEMINFO Unevictable: (\d+)", result.log)
+    if kept:
+        series.unevictable_kb.append(int(kept.group(1)))
+    for event in result.events("stage"):
+        series.stages.setdefault(event["stage"], []).append(float(event["duration"]))
+
+
+# The roots --ab boots its images against: the test root as ext4 (root=UUID=), as a squashfs
+# with a tmpfs overlay, and as that squashfs under dm-verity (the hash tree on a second
+# disk), as the appliance rows boot it.
+AB_ROOTS = ("plain", "squashfs+overlay", "verity+overlay")
+AB_MIN_RUNS = 7
+
+
+def ab_root(kind: str, tree: str, tmp: str) -> tuple[list[str], str]:
+    """The disks and the command line that boot TREE as KIND (one of AB_ROOTS)."""
+    if kind == "plain":
+        disk = harness.make_ext4_disk(f"{tmp}/ab-root.img", tree)
+        return [disk.path], f"root=UUID={disk.uuid}"
+    squashfs = f"{tmp}/ab-root.squashfs"
+    if not os.path.exists(squashfs):  # one squashfs for both kinds that boot it
+        harness.make_fs_image(squashfs, tree, "squashfs", 1, "unused")
+    if kind == "squashfs+overlay":
+        return [squashfs], "root=/dev/vda rootfstype=squashfs rd.overlay"
+    hashed = f"{tmp}/ab-root.hash"
+    said = subprocess.run(["veritysetup", "format", squashfs, hashed], check=True,
+                          capture_output=True, text=True).stdout
+    root_hash = next(line.split(":", 1)[1].strip() for line in said.splitlines()
+                     if line.startswith("Root hash:"))
+    return [squashfs, hashed], APPLIANCE_LINE.format(hash=root_hash) + " rd.overlay"
+
+
+def spread(values: list[float]) -> str:
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return (f"median {statistics.median(values):.3f} s (quartiles {q1:.3f}-{q3:.3f}, "
+            f"min-max {min(values):.3f}-{max(values):.3f})")
+
+
+def ab_report(a: Series, b: Series) -> str:
+    """Both series' medians with their spread, and the ratio B/A with the paired figures:
+    boot i of A and boot i of B ran back to back, so their difference cancels the host's
+    drift."""
+    lines = []
+    for label, series in (("A", a), ("B", b)):
+        stages = ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in series.stages.items())
+        lines += [f"{label} {series.image} (smp {series.cpus}, {len(series.phases)} boots, "
+                  f"{series.size / 1e6:.2f} MB): initrd {spread(series.phases)}",
+                  f"  total {spread(series.totals)}",
+                  f"  stages (median s): {stages}"]
+    for what, mine, other in (("initrd", b.phases, a.phases), ("total", b.totals, a.totals)):
+        diffs = [x - y for x, y in zip(mine, other, strict=True)]
+        faster = sum(d < 0 for d in diffs)
+        lines.append(f"B/A {what} {statistics.median(mine) / statistics.median(other):.3f}; "
+                     f"paired B-A median {statistics.median(diffs):+.3f} s "
+                     f"(min-max {min(diffs):+.3f}..{max(diffs):+.3f}), B faster in {faster} "
+                     f"of {len(diffs)} boots")
+    return "\n".join(lines)
+
+
+def ab_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """--ab A.img B.img: the two images booted turn about (A B, then B A), ABBA order
+    cancelling a drift within a round, on one kernel, for each vCPU count."""
+    if args.kernel == "both":
+        parser.error("--ab: expected --kernel debian-6.1 or debian-7 (the kernel both images "
+                     "were built for), found both")
+    if args.runs < AB_MIN_RUNS:
+        parser.error(f"--ab: expected --runs {AB_MIN_RUNS} or more, found {args.runs}")
+    roots = args.ab_roots.split(",")
+    if len(roots) != 2 or not set(roots) <= set(AB_ROOTS):
+        parser.error(f"--ab-roots: expected two of {', '.join(AB_ROOTS)} joined by a comma, "
+                     f"found {args.ab_roots!r}")
+    for image in args.ab:
+        if not os.path.isfile(image) or not os.access(image, os.R_OK):
+            parser.error(f"--ab: expected a readable image file, found none at {image}")
+    kernel = kernels.fetch_61() if args.kernel == "debian-6.1" else kernels.fetch_7x()
+    with tempfile.TemporaryDirectory(prefix="pyinit-bootbench-ab-") as tmp:
+        harness.make_rootfs(f"{tmp}/root")
+        made = {kind: ab_root(kind, f"{tmp}/root", tmp) for kind in dict.fromkeys(roots)}
+        boots = [(image, *made[kind]) for image, kind in zip(args.ab, roots, strict=True)]
+        print(versions() + f"; kernel {kernel.kver}")
+        for cpus in (int(n) for n in args.smp.split(",")):
+            pair = [Series(f"{image} [{kind}]", kernel.name, cpus, kind)
+                    for image, kind in zip(args.ab, roots, strict=True)]
+            for run in range(args.runs):
+                for i in (0, 1) if run % 2 == 0 else (1, 0):
+                    image, disks, line = boots[i]
+                    boot_once(pair[i], kernel, image, disks, line, run, tmp)
+            print(ab_report(*pair), flush=True)
+    return 0
 
 
 def versions() -> str:
@@ -286,7 +372,16 @@ def main() -> int:
                              f"rows: \"{STACK}\", or the appliance rows: \"{APPLIANCE}\"")
     parser.add_argument("--smp", default="1,2", help="vCPU counts to boot with (default 1,2)")
     parser.add_argument("--chart", default=os.path.join(REPO, "bench", "boot.png"))
+    parser.add_argument("--ab", nargs=2, metavar=("A.img", "B.img"),
+                        help="boot two images turn about instead (--runs 7 or more, one "
+                             "--kernel), and report their medians, spread and ratio")
+    parser.add_argument("--ab-roots", default="plain,plain",
+                        help=f"with --ab, the roots A and B boot: two of {', '.join(AB_ROOTS)} "
+                             "(default plain,plain)")
     args = parser.parse_args()
+    if args.ab:
+        return ab_main(args, parser)
+    smp = [int(n) for n in args.smp.split(",")]
     buildbench.ensure_tools()
     chosen = []
     if args.kernel in ("debian-6.1", "both"):
@@ -345,14 +440,17 @@ def main() -> int:
                                  STACK_DRACUT if name == "dracut" else ""))
             if appliance_disks:
                 runs += appliance_runs(kernel, tmp, appliance_disks, root_hash, args.skip)
-            for cpus in (int(n) for n in args.smp.split(",")):
-                for group, name, image, disks, root, words in runs:
-                    series = Series(name, kernel.name, cpus, group)
-                    boot_series(series, kernel, image, disks, root, args.runs, tmp, words)
-                    all_series.append(series)
-                    print(f"{name} ({group}) on {kernel.name}, smp {cpus}: median initrd "
-                          f"{statistics.median(series.phases):.2f} s, total "
+            for cpus in smp:
+                batch = [Series(name, kernel.name, cpus, group) for group, name, *_ in runs]
+                for run in range(args.runs):  # interleaved: every image once per round
+                    for series, (_, _, image, disks, root, words) in zip(batch, runs,
+                                                                        strict=True):
+                        boot_once(series, kernel, image, disks, root, run, tmp, words)
+                for series in batch:
+                    print(f"{series.image} ({series.group}) on {kernel.name}, smp {cpus}: "
+                          f"median initrd {statistics.median(series.phases):.2f} s, total "
                           f"{statistics.median(series.totals):.2f} s", flush=True)
+                all_series += batch
     print(versions() + "; kernels " + ", ".join(k.kver for k in chosen))
     print(report(all_series))
     chart(all_series, args.chart)

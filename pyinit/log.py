@@ -167,9 +167,13 @@ def configure(fmt: str = "pretty", quiet: bool = False, kmsg: str = "/dev/kmsg")
         processors=[structlog.processors.add_log_level, _uptime, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS["debug"]),
         logger_factory=lambda *args: logger,
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=True,  # each proxy binds once: _BOUND is made again here
     )
+    _BOUND[:] = [structlog.get_logger()]
+
+
+_BOUND: list[Any] = []  # the proxy configure() made, which binds on its first event
 
 
 def get() -> Any:
-    return structlog.get_logger()
+    return _BOUND[0] if _BOUND else structlog.get_logger()

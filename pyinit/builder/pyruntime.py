@@ -28,7 +28,7 @@ PYINIT_SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__f
 # inside functions): carried in every image, never run on a plain root's boot.
 ON_DEMAND = ["pyinit.overlay", "pyinit.liveimg"]
 INIT_MODULES = ["pyinit.lazyimport", "pyinit.init", "pyinit.stages", "pyinit.rescue",
-                "pyinit.uevents", "pyinit.resume", *ON_DEMAND, "pyudev", "code",
+                "pyinit.uevents", "pyinit.resume", *ON_DEMAND, "pyudev",
                 "encodings.utf_8", "encodings.latin_1", "encodings.ascii", "encodings.aliases"]
 # Optional imports whose importers fall back cleanly (try/except ImportError) and which the
 # init never needs: asyncio's ssl support (and OpenSSL with it), shutil's bz2, structlog's
