@@ -21,14 +21,15 @@ from typing import Any
 from pyinit import layout, lazyimport
 
 PYINIT_SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# What the init imports, including the imports it makes inside functions (pyudev when the
-# devices stage starts, code for the Python rescue console), and the codecs the interpreter
-# itself loads at start-up.
-# The features only a command line that asks for them imports (pyinit.stages imports them
-# inside functions): carried in every image, never run on a plain root's boot.
-ON_DEMAND = ["pyinit.overlay", "pyinit.liveimg"]
+# What only a command line or an image that asks for it imports (pyinit.stages and
+# pyinit.uevents import them inside functions): the overlay and image-file features, and
+# pyudev with pyinit.libfind, for udevd's events. Carried in every image, never run on a
+# plain root's boot.
+ON_DEMAND = ["pyinit.overlay", "pyinit.liveimg", "pyinit.libfind", "pyudev"]
+# What the init imports, including the imports it makes inside functions, and the codecs
+# the interpreter itself loads at start-up.
 INIT_MODULES = ["pyinit.lazyimport", "pyinit.init", "pyinit.stages", "pyinit.rescue",
-                "pyinit.uevents", "pyinit.resume", *ON_DEMAND, "pyudev",
+                "pyinit.uevents", "pyinit.resume", *ON_DEMAND,
                 "encodings.utf_8", "encodings.latin_1", "encodings.ascii", "encodings.aliases"]
 # Optional imports whose importers fall back cleanly (try/except ImportError) and which the
 # init never needs: asyncio's ssl support (and OpenSSL with it), shutil's bz2, structlog's
