@@ -115,7 +115,12 @@ class Discovery:
         their events arrive)."""
         for device in self.hotplug.block_devices():
             known = self.devices.get(device.device_node or "")
-            if known is None or not known.props:
+            if known is not None and known.props:
+                continue
+            probed = self.hotplug.probed.get(device)
+            if probed is not None:
+                self._record(probed)  # probed by an earlier discovery, unchanged since
+            else:
                 self._add(device)
 
     def _take(self, device: Any) -> bool:
@@ -129,6 +134,10 @@ class Discovery:
 
     def _add(self, device: Any) -> None:
         dev = block_device(device, udev_props=self.hotplug.udev is not None)
+        self.hotplug.probed.keep(device, dev)
+        self._record(dev)
+
+    def _record(self, dev: BlockDevice) -> None:
         self.devices[dev.node] = dev
         handler = self.by_type.get(dev.fstype)
         key = (dev.node, dev.fstype, dev.props.get("ID_FS_UUID", ""))

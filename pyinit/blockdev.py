@@ -145,6 +145,32 @@ def scan_sysfs(sys_block: str = "/sys/class/block") -> list[BlockDevice]:
     return [_probe(dev, path) for path in paths if (dev := from_sysfs(path)) is not None]
 
 
+class Probed:
+    """The block devices probed so far in this boot, by node: a later discovery (verity's
+    data and hash devices, then the root, /usr, the overlay's partition) takes them from
+    here instead of probing again. An entry holds only while the device is the same one:
+    its numbers and the kernel's DISKSEQ (new on every attach of a loop device or disk)
+    unchanged; an add or change uevent probes it again, and a device whose probe found no
+    signature is never kept (dm and loop devices have none until their table or file)."""
+
+    def __init__(self) -> None:
+        self.devices: dict[str, tuple[tuple[int, str | None], BlockDevice]] = {}
+
+    @staticmethod
+    def _identity(device: Any) -> tuple[int, str | None]:
+        return device.device_number, device.properties.get("DISKSEQ")
+
+    def get(self, device: Any) -> BlockDevice | None:
+        entry = self.devices.get(device.device_node or "")
+        return entry[1] if entry is not None and entry[0] == self._identity(device) else None
+
+    def keep(self, device: Any, probed: BlockDevice) -> None:
+        if probed.props:
+            self.devices[probed.node] = (self._identity(device), probed)
+        else:
+            self.devices.pop(probed.node, None)
+
+
 def probe_properties(node: str) -> dict[str, str]:
     """libblkid's view of a device, under udev's property names."""
     values = syscalls.probe_block(node)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from pyinit import coldplug, kernelevents
+from pyinit.blockdev import Probed
 from pyinit.kmod import Loader
 from pyinit.udevd import Udevd
 
@@ -27,6 +28,7 @@ class Hotplug:
         self.context: Any = None
         self.monitor: Any = None
         self.rescan: list[Any] = []  # devices to report again after lost events
+        self.probed = Probed()  # shared by every discovery of this boot
         if udev is None:
             self.kernel = kernelevents.Monitor()
             return

@@ -114,7 +114,7 @@ def build(cfg: Config) -> Result:
     if tree is not None:
         check_vermagic(cfg, tree, modules)
     tools = Tools()
-    runtime, cached = runtime_segment(cfg, tools, storage, app)
+    runtime, cached = runtime_segment(cfg, tools, storage, app, udev)
     img = kernel_image(runtime)
     missing = add_modules(img, cfg, tree, modules,
                           kernel_option(kconfig, "CONFIG_MODULE_DECOMPRESS")) if tree else []
@@ -238,13 +238,14 @@ def find_library(resolver: elfdeps.Resolver, name: str) -> str:
 
 
 def runtime_segment(cfg: Config, tools: Tools, storage: stacks.Plan,
-                    app: appliance.Appliance) -> tuple[cache.Segment, bool]:
-    """The Python runtime, pyinit (with the storage stacks' and the appliance's modules)
-    and the skeleton as one compressed archive (cached)."""
+                    app: appliance.Appliance, udev: Udev) -> tuple[cache.Segment, bool]:
+    """The Python runtime, pyinit (with the storage stacks' and the appliance's modules,
+    and pyudev where udevd runs) and the skeleton as one compressed archive (cached)."""
     python = pyruntime.resolve_python(cfg.settings.python)
     modules = list(dict.fromkeys(pyruntime.INIT_MODULES
                                  + [m for n in storage.needs for m in n.python]
-                                 + list(appliance.PYTHON if app.on else ())))
+                                 + list(appliance.PYTHON if app.on else ())
+                                 + (pyruntime.UDEV_MODULES if udev.mode is not None else [])))
     builder_sources = sorted(
         os.path.join(d, n) for d in (os.path.dirname(__file__), os.path.dirname(
             os.path.dirname(__file__))) for n in os.listdir(d) if n.endswith((".py", ".so")))

@@ -21,11 +21,14 @@ from typing import Any
 from pyinit import layout, lazyimport
 
 PYINIT_SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# What only a command line or an image that asks for it imports (pyinit.stages and
-# pyinit.uevents import them inside functions): the overlay and image-file features, and
-# pyudev with pyinit.libfind, for udevd's events. Carried in every image, never run on a
+# What only a command line that asks for it imports (pyinit.stages imports them inside
+# functions): the overlay and image-file features. Carried in every image, never run on a
 # plain root's boot.
-ON_DEMAND = ["pyinit.overlay", "pyinit.liveimg", "pyinit.libfind", "pyudev"]
+ON_DEMAND = ["pyinit.overlay", "pyinit.liveimg"]
+# What only a boot with udevd imports (pyinit.uevents, for udevd's events and database):
+# carried only by images that carry udevd. Without it the init reads the kernel's uevents
+# itself (pyinit.kernelevents), and pyudev, ctypes and libudev stay out of the image.
+UDEV_MODULES = ["pyinit.libfind", "pyudev"]
 # What the init imports, including the imports it makes inside functions, and the codecs
 # the interpreter itself loads at start-up.
 INIT_MODULES = ["pyinit.lazyimport", "pyinit.init", "pyinit.stages", "pyinit.rescue",

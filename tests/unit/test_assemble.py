@@ -10,7 +10,7 @@ from typing import cast
 import pytest
 
 from pyinit.assemble import Discovery
-from pyinit.blockdev import BlockDevice
+from pyinit.blockdev import BlockDevice, Probed
 from pyinit.match import DiscoveryError
 from pyinit.rootspec import parse_root
 from pyinit.uevents import Hotplug
@@ -51,6 +51,7 @@ class Source:
         self.appearing: list[tuple[float, Device]] = []
         self.queue: list[tuple[float, Device]] = []
         self.waits: list[float] = []
+        self.probed = Probed()
 
     def appear(self, at: float, device: Device) -> None:
         self.appearing.append((at, device))
@@ -177,3 +178,39 @@ def test_at_the_timeout_the_message_has_the_whole_picture() -> None:
         f"LUKS devices still locked: /dev/vda2 (UUID={LUKS_UUID}) (none is named: add "
         "rd.luks.uuid=, or rd.auto); arrays inactive: md? (UUID "
         "a1b2c3d4e5f60718293a4b5c6d7e8f90, members seen: /dev/vdc1)")
+
+
+def test_a_later_discovery_takes_what_an_earlier_one_probed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # verity's data and hash devices, then the root: each device is probed once per boot,
+    # and the later discovery still offers it to its own handlers.
+    from pyinit import assemble, blockdev
+
+    probes: list[str] = []
+    real = blockdev.block_device
+
+    def counted(device: Device, udev_props: bool) -> BlockDevice:
+        probes.append(device.device_node)
+        return real(device, udev_props)
+
+    monkeypatch.setattr(assemble, "block_device", counted)
+    clock = Clock()
+    source = Source(clock)
+    source.queue = []  # present from the start, no events left to read
+    data = Device("vda", (254, 0), ID_FS_TYPE="squashfs", DISKSEQ="1")
+    blank = Device("loop0", (7, 0), DISKSEQ="2")  # no signature: probed every time
+    source.appearing = [(0.0, data), (0.0, blank)]
+    Discovery(parse_root("/dev/vda"), cast(Hotplug, source), 30.0).run()
+    assert probes.count("/dev/vda") == 1 and probes.count("/dev/loop0") >= 1
+    blank_probes = probes.count("/dev/loop0")
+    squash = Maker("squashfs", source)
+    assert Discovery(parse_root("/dev/vda"), cast(Hotplug, source), 30.0,
+                     handlers=[squash]).run().fstype == "squashfs"
+    assert probes.count("/dev/vda") == 1  # taken from the first discovery
+    assert probes.count("/dev/loop0") > blank_probes  # nothing to keep: probed again
+    assert squash.offered == [(0.0, "/dev/vda")]
+    # The same node, another device (a new DISKSEQ, as a re-attached loop or disk gets):
+    # probed again.
+    source.appearing = [(0.0, Device("vda", (254, 0), ID_FS_TYPE="erofs", DISKSEQ="3"))]
+    found = Discovery(parse_root("/dev/vda"), cast(Hotplug, source), 30.0).run()
+    assert found.fstype == "erofs" and probes[-1] == "/dev/vda"

@@ -379,3 +379,18 @@ def test_an_image_written_beside_the_sources_keeps_the_runtime_cache(kernel7: Ke
         beside.unlink(missing_ok=True)
     assert again.returncode == 0, again.stderr
     assert "(python runtime from cache)" in again.stdout, again.stdout
+
+
+def test_pyudev_and_libudev_come_only_with_udevd(kernel7: Kernel, tmp_path: Path) -> None:
+    # Without udevd the init reads the kernel's uevents itself (pyinit.kernelevents).
+    listings = {}
+    for udev in ("none", "systemd"):
+        done = mkinitramfs("-o", str(tmp_path / f"{udev}.img"), "--kver", kernel7.kver,
+                           "--kmoddir", kernel7.moddir, "--add-drivers", "virtio_blk",
+                           "--udev", udev)
+        assert done.returncode == 0, done.stderr
+        listings[udev] = mkinitramfs("--list", str(tmp_path / f"{udev}.img")).stdout
+    for wanted in ("/pyudev/", "libudev.so", "/pyinit/libfind.pyc", "_ctypes."):
+        assert wanted not in listings["none"], wanted
+        assert wanted in listings["systemd"], wanted
+    assert "/pyinit/kernelevents.pyc" in listings["none"]

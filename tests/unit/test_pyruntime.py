@@ -96,7 +96,7 @@ needs_debian_python = pytest.mark.skipif(not os.path.exists(DEBIAN_PYTHON),
 def test_debians_interpreter_finds_debians_packages() -> None:
     """python3-pyudev, python3-structlog and python3-cffi-backend live in
     /usr/lib/python3/dist-packages, which Debian's site.py adds and sysconfig never names."""
-    runtime = pyruntime.collect(DEBIAN_PYTHON)
+    runtime = pyruntime.collect(DEBIAN_PYTHON, pyruntime.UDEV_MODULES)
     for package in ("pyudev/", "structlog/", "_cffi_backend."):
         assert any(s.startswith(DEBIAN_SITE + package) for s in runtime.sources), package
 
@@ -107,12 +107,12 @@ def test_a_venv_of_debians_interpreter_sees_system_packages_only_when_asked(
     shared = tmp_path / "shared"
     subprocess.run([DEBIAN_PYTHON, "-m", "venv", "--without-pip", "--system-site-packages",
                     str(shared)], check=True)
-    runtime = pyruntime.collect(str(shared / "bin" / "python"))
+    runtime = pyruntime.collect(str(shared / "bin" / "python"), pyruntime.UDEV_MODULES)
     assert any(s.startswith(DEBIAN_SITE + "pyudev/") for s in runtime.sources)
     isolated = tmp_path / "isolated"
     subprocess.run([DEBIAN_PYTHON, "-m", "venv", "--without-pip", str(isolated)], check=True)
     with pytest.raises(pyruntime.RuntimeError_, match="No module named 'pyudev'"):
-        pyruntime.collect(str(isolated / "bin" / "python"))
+        pyruntime.collect(str(isolated / "bin" / "python"), pyruntime.UDEV_MODULES)
 
 
 def test_a_venv_inside_the_checkout_owns_its_packages() -> None:
