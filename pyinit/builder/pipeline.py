@@ -116,8 +116,7 @@ def build(cfg: Config) -> Result:
     tools = Tools()
     runtime, cached = runtime_segment(cfg, tools, storage, app, udev)
     img = kernel_image(runtime)
-    missing = add_modules(img, cfg, tree, modules,
-                          kernel_option(kconfig, "CONFIG_MODULE_DECOMPRESS")) if tree else []
+    missing = add_modules(img, cfg, tree, modules) if tree else []
     add_storage(img, storage, tools, runtime.paths)
     if not app.on:
         add_fsck(img, cfg, tools)
@@ -194,11 +193,6 @@ def kernel_config(cfg: Config) -> KernelConfig:
             with open(path, encoding="utf-8", errors="replace") as fh:
                 return path, fh.read().splitlines()
     return None
-
-
-def kernel_option(found: KernelConfig, option: str) -> bool:
-    """OPTION=y in the kernel's config FOUND (False when the config is unknown)."""
-    return found is not None and f"{option}=y" in found[1]
 
 
 def check_kernel_config(cfg: Config, found: KernelConfig) -> None:
@@ -370,18 +364,20 @@ def driver_notes(cfg: Config, tree: kmodules.ModuleTree, modules: list[str]) -> 
     return notes
 
 
-def add_modules(img: image.Image, cfg: Config, tree: kmodules.ModuleTree, modules: list[str],
-                keep_compressed: bool) -> list[str]:
-    """The selected MODULES (compressed ones as they are where KEEP_COMPRESSED, the kernel
-    decompressing them itself), their firmware and the index; returns the firmware files
-    this host lacks."""
+def add_modules(img: image.Image, cfg: Config, tree: kmodules.ModuleTree,
+                modules: list[str]) -> list[str]:
+    """The selected MODULES, their firmware and the index; returns the firmware files this
+    host lacks. Compressed modules are stored decompressed, whether or not the kernel could
+    decompress them (CONFIG_MODULE_DECOMPRESS): the image's own compression packs them
+    nearly as small (the appliance image: 3.91 MB against 3.86 with its nine modules as
+    .ko.xz), and the kernel loads them faster (the appliance's initrd phase 0.13 s shorter
+    under TCG, 7 of 7 interleaved boots, bench/boot.py --ab)."""
     dest_base = f"{layout.MODULES_DIR}/{cfg.kver}"
     wanted_firmware: list[str] = []
     for name in modules:
         rel = tree.paths[name]
         src = os.path.join(cfg.kmoddir, rel)
-        if rel.endswith((".xz", ".zst", ".gz")) and not keep_compressed:
-            # The kernel cannot decompress modules itself: store them as plain .ko.
+        if rel.endswith((".xz", ".zst", ".gz")):
             plain = rel.rsplit(".", 1)[0]
             img.add_bytes(os.path.join(dest_base, plain), firmware.module_bytes(src),
                           part="modules")
