@@ -33,15 +33,16 @@ from importlib.machinery import ModuleSpec
 # (subprocess's text mode: pyinit reads its children's output as bytes).
 UNUSED = ("asyncio", "inspect", "locale", "shutil", "tempfile", "uuid")
 # What structlog imports for features the init does not use (its stdlib integration and
-# thread-local API: logging, structlog.stdlib and .threadlocal; copy, for copying a bound
-# logger), and what only the failure path and the rescue console use (linecache and
-# textwrap, for tracebacks; pyinit.console, with code under it). Measured in the guest (7.2,
-# TCG): 15 modules fewer at the hand-over. structlog's own `from X import Y` lines
-# (traceback, pickle, json, contextvars, structlog.dev, .testing, .tracebacks) and pyudev's
-# (subprocess, threading, datetime, ctypes) load those modules whatever is done here: their
-# files stay as they are.
-DEFERRED = ("copy", "linecache", "logging", "pyinit.console", "structlog.stdlib",
-            "structlog.threadlocal", "textwrap")
+# thread-local API: logging, threading, structlog.stdlib and .threadlocal; TimeStamper's
+# datetime; copy, for copying a bound logger), what runs only with a program to run
+# (subprocess: fsck, udevd, a shell) or with pyinit.early=1 (threading), and what only the
+# failure path and the rescue console use (linecache and textwrap, for tracebacks;
+# pyinit.console, with code under it). Measured in the guest (7.2, TCG, with
+# -X importtime): datetime 21 ms, subprocess 33 ms, threading 30 ms. structlog's own
+# `from X import Y` lines (traceback, pickle, json, contextvars, structlog.dev, .testing,
+# .tracebacks) load those modules whatever is done here: structlog's files stay as they are.
+DEFERRED = ("copy", "datetime", "linecache", "logging", "pyinit.console", "structlog.stdlib",
+            "structlog.threadlocal", "subprocess", "textwrap", "threading")
 
 
 class _Deferred(types.ModuleType):

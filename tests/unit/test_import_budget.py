@@ -34,15 +34,18 @@ print(json.dumps({{"ran": sorted(set(sys.modules) - set(deferred)), "deferred": 
 """
 
 # Each DEFERRED module, touched after the init's imports as the failure path, the rescue
-# console or pyinit.log=json touch it: it must load for real and work.
+# console, fsck, udevd or pyinit.early=1 touch it: it must load for real and work.
 TOUCH = {
     "copy": "copy.deepcopy({'a': [1]}) == {'a': [1]}",
+    "datetime": "datetime.date(2026, 1, 2).isoformat() == '2026-01-02'",
     "linecache": "linecache.getline(lazyimport.__file__, 1).startswith('\"\"\"')",
     "logging": "logging.getLogger('pyinit-test').name == 'pyinit-test'",
     "pyinit.console": "callable(pyinit.console.interact) and pyinit.console.code.compile_command",
     "structlog.stdlib": "structlog.stdlib.get_logger() is not None",
     "structlog.threadlocal": "callable(structlog.threadlocal.wrap_dict)",
+    "subprocess": "subprocess.run(['true']).returncode == 0",
     "textwrap": "textwrap.dedent('  a') == 'a'",
+    "threading": "threading.Thread(target=int).start() is None",
 }
 TOUCHED = """
 import importlib, traceback
