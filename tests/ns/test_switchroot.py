@@ -23,14 +23,18 @@ from pyinit import switchroot, syscalls
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for mount namespaces")
 
 
-def in_namespace(body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def in_namespace(body: Callable[[], dict[str, Any]],
+                 flags: int = syscalls.CLONE_NEWNS) -> dict[str, Any]:
+    """BODY's result, run in a forked child in the namespaces FLAGS asks for (mounts made
+    private in a new mount namespace); a traceback in the child fails the test."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         os.close(read_end)
         try:
-            syscalls.unshare(syscalls.CLONE_NEWNS)
-            switchroot.make_private("/")
+            syscalls.unshare(flags)
+            if flags & syscalls.CLONE_NEWNS:
+                switchroot.make_private("/")
             result = body()
         except BaseException:
             result = {"error": traceback.format_exc()}
