@@ -250,7 +250,8 @@ def runtime_segment(cfg: Config, tools: Tools, storage: stacks.Plan,
         "level": cfg.settings.compress_level, "mtime": cfg.mtime,
         "modules": modules, "excludes": pyruntime.EXCLUDES,
         "builder": [cache.stamp(p) for p in builder_sources],
-        "skeleton": skeleton,  # a file added to rootfs-skel/ is a new key
+        # a file added to rootfs-skel/, or one changed (its /init), is a new key
+        "skeleton": [cache.stamp(p) for p in skeleton],
     }
     if cfg.use_cache:
         cached = cache.load(params)

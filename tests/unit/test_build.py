@@ -11,7 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from pyinit.builder import archive, config, cpio, firmware, hostonly, image, pipeline
+from pyinit.builder import (
+    appliance,
+    archive,
+    cache,
+    config,
+    cpio,
+    firmware,
+    hostonly,
+    image,
+    pipeline,
+    stacks,
+)
 from pyinit.builder.kmodules import ModuleTree
 from pyinit.modindex import ModuleIndex
 from tests.vm.kernels import Kernel
@@ -395,3 +406,30 @@ def test_pyudev_and_libudev_come_only_with_udevd(kernel7: Kernel, tmp_path: Path
         assert wanted not in listings["none"], wanted
         assert wanted in listings["systemd"], wanted
     assert "/pyinit/kernelevents.pyc" in listings["none"]
+
+
+def test_a_changed_skeleton_file_is_a_new_runtime_key(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # The runtime part (with the skeleton's /init) is cached: editing /init must miss it.
+    skel = tmp_path / "skel"
+    skel.mkdir()
+    (skel / "init").write_text("#!/usr/bin/python3 -IS\n")
+    monkeypatch.setattr(pipeline, "SKELETON", str(skel))
+    keys: list[str] = []
+
+    class Hit(Exception):
+        pass
+
+    def load(params: dict[str, object]) -> None:
+        keys.append(repr(params["skeleton"]))
+        raise Hit  # stop before anything is built
+
+    monkeypatch.setattr(cache, "load", load)
+    cfg = pipeline.Config("i.img", "7.0", str(tmp_path), config.Settings(), False, False, 0)
+    for text in ("#!/usr/bin/python3 -IS\n", "#!/usr/bin/python3 -IS\n# changed\n"):
+        (skel / "init").write_text(text)
+        with pytest.raises(Hit):
+            pipeline.runtime_segment(cfg, pipeline.Tools(), stacks.Plan([], []),
+                                     appliance.Appliance(False, ""),
+                                     pipeline.Udev(None, "test"))
+    assert len(keys) == 2 and keys[0] != keys[1]
