@@ -150,25 +150,35 @@ class Probed:
     data and hash devices, then the root, /usr, the overlay's partition) takes them from
     here instead of probing again. An entry holds only while the device is the same one:
     its numbers and the kernel's DISKSEQ (new on every attach of a loop device or disk)
-    unchanged; an add or change uevent probes it again, and a device whose probe found no
-    signature is never kept (dm and loop devices have none until their table or file)."""
+    unchanged; an add or change uevent probes it again. Only a probe that found a
+    filesystem or a partition table is kept (dm and loop devices have none until their
+    table or file), and none survives a console (forget_all): a mkfs there sends no uevent
+    when no udevd runs."""
+
+    generation = 0  # of every instance: forget_all() makes each entry stale
 
     def __init__(self) -> None:
-        self.devices: dict[str, tuple[tuple[int, str | None], BlockDevice]] = {}
+        self.devices: dict[str, tuple[tuple[int, str | None, int], BlockDevice]] = {}
 
     @staticmethod
-    def _identity(device: Any) -> tuple[int, str | None]:
-        return device.device_number, device.properties.get("DISKSEQ")
+    def _identity(device: Any) -> tuple[int, str | None, int]:
+        return device.device_number, device.properties.get("DISKSEQ"), Probed.generation
 
     def get(self, device: Any) -> BlockDevice | None:
         entry = self.devices.get(device.device_node or "")
         return entry[1] if entry is not None and entry[0] == self._identity(device) else None
 
     def keep(self, device: Any, probed: BlockDevice) -> None:
-        if probed.props:
+        signed = "ID_FS_TYPE" in probed.props or "ID_PART_TABLE_TYPE" in probed.props
+        if signed and probed.probe_error is None:
             self.devices[probed.node] = (self._identity(device), probed)
         else:
             self.devices.pop(probed.node, None)
+
+    @classmethod
+    def forget_all(cls) -> None:
+        """After a console: whatever was typed there may have rewritten any device."""
+        cls.generation += 1
 
 
 def probe_properties(node: str) -> dict[str, str]:

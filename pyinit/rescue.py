@@ -5,12 +5,13 @@ the kernel: PID 1 exiting is a kernel panic ("Attempted to kill init").
 from __future__ import annotations
 
 import os
-import subprocess
+import signal
 import time
 import traceback
 from typing import NoReturn
 
 from pyinit import console, layout, log, pid1, syscalls
+from pyinit.blockdev import Probed
 from pyinit.errors import EXPECTED
 
 ACTIONS = syscalls.POWER_ACTIONS
@@ -82,9 +83,26 @@ def ctrl_alt_del() -> None:
     power("reboot")
 
 
+def run_shell(argv: list[str], env: dict[str, str]) -> None:
+    """ARGV as a child on the console, waited for. fork and exec by hand, not subprocess:
+    after the hand-over the initramfs's files are gone, and subprocess (with threading
+    under it) is one of the modules pyinit.lazyimport leaves unloaded until used. Raises
+    OSError when the fork fails; an exec that fails ends the child with 127."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        try:
+            for signum in (signal.SIGPIPE, signal.SIGXFSZ):  # as subprocess restores them
+                signal.signal(signum, signal.SIG_DFL)
+            os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    os.waitpid(pid, 0)
+
+
 def open_console(stage: str, boot: console.BootState) -> bool:
-    """A shell on the console when the image has one, else the Python console. Returns
-    False (and does nothing) when rd.shell=0 locks the console away."""
+    """A shell on the console when the image (or, after the hand-over, the real root) has
+    one, else the Python console. Returns False (and does nothing) when rd.shell=0 locks
+    the console away, or when no console can start."""
     if not boot.options.shell:
         log.get().warning("console_locked", stage=stage, reason="rd.shell=0")
         return False
@@ -93,15 +111,21 @@ def open_console(stage: str, boot: console.BootState) -> bool:
             _console(f"pyinit: starting {shell} (stage {stage}); exit it to go on\n")
             argv = [shell, "sh"] if shell.endswith("busybox") else [shell]
             try:
-                subprocess.run(argv, check=False, env={
-                    "PATH": layout.TOOL_PATH, "PS1": f"pyinit({stage})# "})
+                run_shell(argv, {"PATH": layout.TOOL_PATH, "PS1": f"pyinit({stage})# "})
             except OSError as err:
                 _console(f"pyinit: cannot start {shell}: {err.strerror}\n")
                 continue
             pid1.reap()
+            Probed.forget_all()
             return True
-    console.interact(boot, stage)
+    try:
+        console.interact(boot, stage)
+    except (ImportError, OSError) as err:  # its files went with the initramfs
+        _console(f"pyinit: no shell on / and no Python console (it was not loaded before "
+                 f"the hand-over deleted the initramfs: {detail(err)})\n")
+        return False
     pid1.reap()
+    Probed.forget_all()
     return True
 
 
@@ -124,18 +148,40 @@ def describe(stage: str, error: BaseException) -> list[str]:
     return lines
 
 
+def frames(error: BaseException) -> list[tuple[str, int, str]]:
+    """(file, line, function) of each frame of ERROR's traceback, innermost last, read from
+    the frames themselves: no source lines, so no linecache."""
+    found = []
+    tb = error.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        found.append((code.co_filename, tb.tb_lineno, code.co_name))
+        tb = tb.tb_next
+    return found
+
+
+def trace(error: BaseException) -> list[str]:
+    """Python's traceback of ERROR; after the hand-over, when linecache (deferred, see
+    pyinit.lazyimport) can no longer load, the same frames without their source lines."""
+    try:
+        return traceback.format_exception(error)
+    except (ImportError, OSError):
+        return ["Traceback (most recent call last):\n",
+                *(f'  File "{f}", line {line}, in {name}\n' for f, line, name in frames(error)),
+                f"{type(error).__name__}: {error}\n"]
+
+
 def failure(stage: str, error: BaseException, boot: console.BootState) -> None:
     """Report ERROR in STAGE and act. Returns only when the stage should be tried again."""
     lines = describe(stage, error)
     log.get().error("failure", stage=stage, error=detail(error))
     text = "\n" + "".join(f"pyinit: {line}\n" for line in lines)
     if not isinstance(error, EXPECTED):  # a bug in pyinit: where it happened, everywhere
-        trace = traceback.format_exception(error)
-        text += "".join(trace)
-        where = traceback.extract_tb(error.__traceback__)[-3:]
+        text += "".join(trace(error))
+        where = frames(error)[-3:]
         log.get().error("bug", stage=stage, type=type(error).__name__,
-                        at=" < ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}"
-                                      for f in reversed(where)))
+                        at=" < ".join(f"{os.path.basename(f)}:{line} {name}"
+                                      for f, line, name in reversed(where)))
     _console(text)
     options = boot.options
     action = options.emergency
@@ -148,7 +194,8 @@ def failure(stage: str, error: BaseException, boot: console.BootState) -> None:
         power("reboot")
     if action == "shell":
         _console(f"pyinit: leaving the console retries stage {stage}\n")
-        open_console(stage, boot)
-        return
+        if open_console(stage, boot):
+            return
+        action = "halt"
     _console(f"pyinit: rd.emergency={action}\n")
     power(action)

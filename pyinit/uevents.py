@@ -84,6 +84,7 @@ class Hotplug:
         if self.kernel is not None:
             self.kernel.close()
             self.kernel = None
+        self.rescan = []
         self.monitor = None  # libudev closes the netlink socket with the last reference
         if self.udev is not None:
             self.udev.stop()

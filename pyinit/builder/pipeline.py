@@ -239,7 +239,9 @@ def runtime_segment(cfg: Config, tools: Tools, storage: stacks.Plan,
     modules = list(dict.fromkeys(pyruntime.INIT_MODULES
                                  + [m for n in storage.needs for m in n.python]
                                  + list(appliance.PYTHON if app.on else ())
-                                 + (pyruntime.UDEV_MODULES if udev.mode is not None else [])))
+                                 # the init listens through udevd only when it starts
+                                 # it first ("always"); "storage" starts it for dm/md later
+                                 + (pyruntime.UDEV_MODULES if udev.mode == "always" else [])))
     builder_sources = sorted(
         os.path.join(d, n) for d in (os.path.dirname(__file__), os.path.dirname(
             os.path.dirname(__file__))) for n in os.listdir(d) if n.endswith((".py", ".so")))

@@ -25,9 +25,10 @@ PYINIT_SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__f
 # functions): the overlay and image-file features. Carried in every image, never run on a
 # plain root's boot.
 ON_DEMAND = ["pyinit.overlay", "pyinit.liveimg"]
-# What only a boot with udevd imports (pyinit.uevents, for udevd's events and database):
-# carried only by images that carry udevd. Without it the init reads the kernel's uevents
-# itself (pyinit.kernelevents), and pyudev, ctypes and libudev stay out of the image.
+# What only a boot that listens through udevd imports (pyinit.uevents, for udevd's events
+# and database): carried only by images that start udevd first (udev mode "always").
+# Without it the init reads the kernel's uevents itself (pyinit.kernelevents), and pyudev,
+# ctypes and libudev stay out of the image.
 UDEV_MODULES = ["pyinit.libfind", "pyudev"]
 # What the init imports, including the imports it makes inside functions, and the codecs
 # the interpreter itself loads at start-up.
@@ -37,7 +38,7 @@ INIT_MODULES = ["pyinit.lazyimport", "pyinit.init", "pyinit.stages", "pyinit.res
 # Optional imports whose importers fall back cleanly (try/except ImportError) and which the
 # init never needs: asyncio's ssl support (and OpenSSL with it), shutil's bz2, structlog's
 # colorama, readline for the rescue console's line editing, shutil's lzma (the builder
-# stores modules uncompressed for kernels that cannot decompress them), shutil's zlib (the
+# stores every module decompressed, so kmod never unpacks one), shutil's zlib (the
 # stdlib zip is stored, so zipimport never inflates); and C accelerators whose
 # modules carry a pure-Python implementation the init's few calls do not notice.
 EXCLUDES = ["ssl", "_ssl", "bz2", "_bz2", "colorama", "readline",

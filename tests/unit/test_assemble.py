@@ -214,3 +214,33 @@ def test_a_later_discovery_takes_what_an_earlier_one_probed(
     source.appearing = [(0.0, Device("vda", (254, 0), ID_FS_TYPE="erofs", DISKSEQ="3"))]
     found = Discovery(parse_root("/dev/vda"), cast(Hotplug, source), 30.0).run()
     assert found.fstype == "erofs" and probes[-1] == "/dev/vda"
+
+
+def test_a_console_or_a_bare_partition_is_probed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A mkfs typed at the console sends no uevent without udevd: nothing probed before a
+    # console is taken afterwards, nor a partition without a filesystem on it.
+    from pyinit import assemble, blockdev
+
+    probes: list[str] = []
+    real = blockdev.block_device
+
+    def counted(device: Device, udev_props: bool) -> BlockDevice:
+        probes.append(device.device_node)
+        return real(device, udev_props)
+
+    monkeypatch.setattr(assemble, "block_device", counted)
+    clock = Clock()
+    source = Source(clock)
+    root = Device("vda1", (254, 1), ID_FS_TYPE="ext4", ID_FS_UUID=ROOT_UUID)
+    empty = Device("vda2", (254, 2), ID_PART_ENTRY_UUID="0a1b2c3d-0000-4000-8000-0000000000bb")
+    source.appearing = [(0.0, root), (0.0, empty)]
+
+    def run() -> None:
+        Discovery(parse_root(f"UUID={ROOT_UUID}"), cast(Hotplug, source), 30.0).run()
+
+    run()
+    run()
+    assert probes.count("/dev/vda1") == 1 and probes.count("/dev/vda2") >= 2
+    blockdev.Probed.forget_all()  # as rescue.open_console does when a console ends
+    run()
+    assert probes.count("/dev/vda1") == 2

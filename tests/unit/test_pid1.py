@@ -9,10 +9,13 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
+from pathlib import Path
 
 import pytest
 
-from pyinit import cmdline, pid1, rescue
+from pyinit import cmdline, console, layout, pid1, rescue
+from pyinit.blockdev import Probed
 from pyinit.match import DiscoveryError
 from pyinit.storage import StorageError
 
@@ -151,6 +154,63 @@ def test_the_failure_path_shows_a_bugs_traceback(monkeypatch: pytest.MonkeyPatch
     assert "Traceback" not in shown[-2]
 
 
+def test_after_the_hand_over_a_traceback_needs_no_linecache(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # linecache is deferred (pyinit.lazyimport); once the initramfs is deleted it cannot
+    # load, and a bug's traceback is still shown, from the frames alone.
+    def gone(error: BaseException) -> list[str]:
+        raise ImportError("can't open Zip file: '/usr/lib/python311.zip'")
+
+    monkeypatch.setattr(traceback, "format_exception", gone)
+
+    def buggy() -> None:
+        raise KeyError("x")
+
+    try:
+        buggy()
+    except KeyError as err:
+        text = "".join(rescue.trace(err))
+        where = rescue.frames(err)
+    assert text.startswith("Traceback (most recent call last):\n")
+    assert ", in buggy\n" in text and text.endswith("KeyError: 'x'\n")
+    assert where[-1][2] == "buggy" and where[-1][0] == __file__
+
+
+def test_the_shell_runs_as_a_waited_child(tmp_path: Path) -> None:
+    said = tmp_path / "said"
+    rescue.run_shell(["/bin/sh", "-c", f'echo "$PS1" > {said}; exit 3'],
+                     {"PATH": "/usr/bin:/bin", "PS1": "pyinit(exec)# "})
+    assert said.read_text() == "pyinit(exec)# \n"  # done when run_shell returned
+    rescue.run_shell([str(tmp_path / "absent")], {})  # the child ends with 127, PID 1 goes on
+
+
+def test_no_console_after_the_hand_over_halts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No shell on the real root and the Python console's files deleted with the initramfs:
+    # one line, then halt, not a retry loop without end.
+    shown: list[str] = []
+    powered: list[str] = []
+    monkeypatch.setattr(rescue, "_console", shown.append)
+    monkeypatch.setattr(layout, "SHELLS", ())
+
+    def power(action: str) -> None:
+        powered.append(action)
+        raise SystemExit
+
+    def interact(boot: object, stage: str) -> None:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(rescue, "power", power)
+    monkeypatch.setattr(console, "interact", interact)
+
+    class Boot:
+        options = cmdline.parse("rd.emergency=shell")
+
+    with pytest.raises(SystemExit):
+        rescue.failure("exec", OSError(2, "no init could be executed"), Boot())
+    assert powered == ["halt"]
+    assert any("no shell on / and no Python console" in line for line in shown), shown
+
+
 def test_children_lists_only_direct_children() -> None:
     proc = subprocess.Popen(["sleep", "5"])
     try:
@@ -162,3 +222,17 @@ def test_children_lists_only_direct_children() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_console_makes_every_earlier_probe_stale(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[list[str]] = []
+    monkeypatch.setattr(layout, "SHELLS", ("/bin/true",))
+    monkeypatch.setattr(rescue, "run_shell", lambda argv, env: ran.append(argv))
+    monkeypatch.setattr(rescue, "_console", lambda text: None)
+
+    class Boot:
+        options = cmdline.parse("")
+
+    before = Probed.generation
+    assert rescue.open_console("mount", Boot())
+    assert ran == [["/bin/true"]] and Probed.generation == before + 1

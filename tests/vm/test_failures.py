@@ -164,6 +164,23 @@ def test_a_failed_exec_after_the_hand_over_leaves_the_root_clean(
     assert "needs_recovery" not in features, features
 
 
+def test_a_failed_exec_with_the_console_allowed_says_why_there_is_none(
+        setup: Setup, badexec_disk: harness.Disk) -> None:
+    # After the hand-over the initramfs is gone, and with it the deferred modules' files
+    # (pyinit.lazyimport): the failure path must still explain itself and stop, never
+    # panic the kernel by PID 1 dying on an import.
+    # A halted machine stays on: the boot ends at its timeout, by design.
+    result = harness.boot(setup.kernel.vmlinuz, setup.image, [badexec_disk.path],
+                          f"console=ttyS0 root=UUID={badexec_disk.uuid} rw rd.emergency=shell",
+                          str(setup.workdir / "badexec-shell.log"), timeout=45)
+    assert result.timed_out
+    assert ("boot failed in stage exec: no init could be executed: /sbin/init: No such file "
+            "or directory") in result.log, result.log[-3000:]
+    assert "pyinit: no shell on / and no Python console" in result.log
+    assert "reboot: System halted" in result.log
+    assert "Attempted to kill init" not in result.log and "Traceback" not in result.log
+
+
 def test_an_image_for_another_kernel_says_so(kernel61: Kernel, kernel7: Kernel,
                                              tmp_path: Path) -> None:
     image = str(tmp_path / "initrd-7.img")
