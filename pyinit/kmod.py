@@ -30,9 +30,9 @@ def running_kernel_index() -> ModuleIndex:
 
 def _decompress(path: str) -> bytes:
     """The module decompressed, for a kernel without CONFIG_MODULE_DECOMPRESS. The builder
-    stores every module decompressed (pyinit.builder.pipeline.add_modules), so images never
-    get here; a module tree as installed on disk does (.ko.xz), and the decompressors are
-    imported only then."""
+    stores modules decompressed, except in generic images for kernels that decompress
+    them (pyinit.builder.pipeline.add_modules), so images normally never get here; the
+    decompressors are imported only when they do."""
     try:
         if path.endswith(".xz"):
             import lzma

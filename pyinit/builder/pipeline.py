@@ -116,7 +116,11 @@ def build(cfg: Config) -> Result:
     tools = Tools()
     runtime, cached = runtime_segment(cfg, tools, storage, app, udev)
     img = kernel_image(runtime)
-    missing = add_modules(img, cfg, tree, modules) if tree else []
+    # A generic image carries every driver and loads few: as the kernel ships them, where
+    # it can decompress them itself.
+    keep_compressed = cfg.mode == "generic" and kernel_option(kconfig,
+                                                              "CONFIG_MODULE_DECOMPRESS")
+    missing = add_modules(img, cfg, tree, modules, keep_compressed) if tree else []
     add_storage(img, storage, tools, runtime.paths)
     if not app.on:
         add_fsck(img, cfg, tools)
@@ -193,6 +197,11 @@ def kernel_config(cfg: Config) -> KernelConfig:
             with open(path, encoding="utf-8", errors="replace") as fh:
                 return path, fh.read().splitlines()
     return None
+
+
+def kernel_option(found: KernelConfig, option: str) -> bool:
+    """OPTION=y in the kernel's config FOUND (False when the config is unknown)."""
+    return found is not None and f"{option}=y" in found[1]
 
 
 def check_kernel_config(cfg: Config, found: KernelConfig) -> None:
@@ -368,19 +377,21 @@ def driver_notes(cfg: Config, tree: kmodules.ModuleTree, modules: list[str]) -> 
 
 
 def add_modules(img: image.Image, cfg: Config, tree: kmodules.ModuleTree,
-                modules: list[str]) -> list[str]:
+                modules: list[str], keep_compressed: bool) -> list[str]:
     """The selected MODULES, their firmware and the index; returns the firmware files this
-    host lacks. Compressed modules are stored decompressed, whether or not the kernel could
-    decompress them (CONFIG_MODULE_DECOMPRESS): the image's own compression packs them
-    nearly as small (the appliance image: 3.91 MB against 3.86 with its nine modules as
-    .ko.xz), and the kernel loads them faster (the appliance's initrd phase 0.13 s shorter
-    under TCG, 7 of 7 interleaved boots, bench/boot.py --ab)."""
+    host lacks. Compressed modules are stored decompressed unless KEEP_COMPRESSED: the
+    image's own compression packs them nearly as small (the appliance image: 3.91 MB
+    against 3.86 with its nine modules as .ko.xz), and the kernel loads them faster (the
+    appliance's initrd phase 0.13 s shorter under TCG, 7 of 7 interleaved boots,
+    bench/boot.py --ab). A generic image keeps them compressed where the kernel can
+    decompress them (CONFIG_MODULE_DECOMPRESS): it carries every driver, loads few, and
+    decompressed its unpacked size went from 33 to 55 MB."""
     dest_base = f"{layout.MODULES_DIR}/{cfg.kver}"
     wanted_firmware: list[str] = []
     for name in modules:
         rel = tree.paths[name]
         src = os.path.join(cfg.kmoddir, rel)
-        if rel.endswith((".xz", ".zst", ".gz")):
+        if rel.endswith((".xz", ".zst", ".gz")) and not keep_compressed:
             plain = rel.rsplit(".", 1)[0]
             img.add_bytes(os.path.join(dest_base, plain), firmware.module_bytes(src),
                           part="modules")

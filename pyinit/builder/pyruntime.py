@@ -38,7 +38,7 @@ INIT_MODULES = ["pyinit.lazyimport", "pyinit.init", "pyinit.stages", "pyinit.res
 # Optional imports whose importers fall back cleanly (try/except ImportError) and which the
 # init never needs: asyncio's ssl support (and OpenSSL with it), shutil's bz2, structlog's
 # colorama, readline for the rescue console's line editing, shutil's lzma (the builder
-# stores every module decompressed, so kmod never unpacks one), shutil's zlib (the
+# stores modules decompressed for kernels that cannot decompress them), shutil's zlib (the
 # stdlib zip is stored, so zipimport never inflates); and C accelerators whose
 # modules carry a pure-Python implementation the init's few calls do not notice.
 EXCLUDES = ["ssl", "_ssl", "bz2", "_bz2", "colorama", "readline",
