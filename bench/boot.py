@@ -12,7 +12,9 @@ pyinit's images: "pyinit" is what a user gets without flags (only --kver, --kmod
 machine's root: virtio and ext4, with fsck.ext4), "pyinit udevd" adds --udev systemd, and
 "pyinit early" boots the default image with pyinit.early=1 (the modules load in a thread
 beside the init's imports instead of after them: pyinit/early.py, off by default).
-Each image boots N times per vCPU count, one after another; the table gives the medians,
+Each image boots N times per vCPU count, interleaved (each round boots every image once,
+so a slower minute of the host falls on all alike; a boot that panics under TCG is booted
+again and counted); the table gives the medians,
 the ratios of the default images to the others, their stage durations, and the real
 init's MemFree and Unevictable ("kept": ramfs pages of an initramfs nobody deleted;
 pyinit must keep none). A PNG chart is written next to this file.
@@ -23,6 +25,11 @@ unlocked with a key file, root=/dev/mapper/debian--vg-root: pyinit with --storag
 lvm", the crypttab line and --luks-key; initramfs-tools with cryptsetup-initramfs (the same
 crypttab line, the key through KEYFILE_PATTERN) and lvm2; dracut --no-hostonly with its
 crypt and lvm modules, the key included and named by rd.luks.key=.
+
+`--ab A.img B.img` boots two given images instead, turn about (A B, then B A), against
+the test root as ext4, as a squashfs with a tmpfs overlay, or as that squashfs under
+dm-verity (`--ab-roots`), and reports the medians with their spread, the ratio B/A and the
+paired differences (boot i of A beside boot i of B).
 
 The busybox floor is built here: static busybox, an /init that mounts /proc /sys /dev, loads
 the virtio modules with insmod, waits for the disk, mounts it and hands over with
