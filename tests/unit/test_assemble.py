@@ -180,20 +180,25 @@ def test_at_the_timeout_the_message_has_the_whole_picture() -> None:
         "a1b2c3d4e5f60718293a4b5c6d7e8f90, members seen: /dev/vdc1)")
 
 
-def test_a_later_discovery_takes_what_an_earlier_one_probed(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # verity's data and hash devices, then the root: each device is probed once per boot,
-    # and the later discovery still offers it to its own handlers.
+@pytest.fixture
+def probes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The node of every device the discoveries probe, in order."""
     from pyinit import assemble, blockdev
 
-    probes: list[str] = []
+    seen: list[str] = []
     real = blockdev.block_device
 
     def counted(device: Device, udev_props: bool) -> BlockDevice:
-        probes.append(device.device_node)
+        seen.append(device.device_node)
         return real(device, udev_props)
 
     monkeypatch.setattr(assemble, "block_device", counted)
+    return seen
+
+
+def test_a_later_discovery_takes_what_an_earlier_one_probed(probes: list[str]) -> None:
+    # verity's data and hash devices, then the root: each device is probed once per boot,
+    # and the later discovery still offers it to its own handlers.
     clock = Clock()
     source = Source(clock)
     source.queue = []  # present from the start, no events left to read
@@ -216,19 +221,9 @@ def test_a_later_discovery_takes_what_an_earlier_one_probed(
     assert found.fstype == "erofs" and probes[-1] == "/dev/vda"
 
 
-def test_a_console_or_a_bare_partition_is_probed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_console_or_a_bare_partition_is_probed_again(probes: list[str]) -> None:
     # A mkfs typed at the console sends no uevent without udevd: nothing probed before a
     # console is taken afterwards, nor a partition without a filesystem on it.
-    from pyinit import assemble, blockdev
-
-    probes: list[str] = []
-    real = blockdev.block_device
-
-    def counted(device: Device, udev_props: bool) -> BlockDevice:
-        probes.append(device.device_node)
-        return real(device, udev_props)
-
-    monkeypatch.setattr(assemble, "block_device", counted)
     clock = Clock()
     source = Source(clock)
     root = Device("vda1", (254, 1), ID_FS_TYPE="ext4", ID_FS_UUID=ROOT_UUID)
@@ -241,6 +236,6 @@ def test_a_console_or_a_bare_partition_is_probed_again(monkeypatch: pytest.Monke
     run()
     run()
     assert probes.count("/dev/vda1") == 1 and probes.count("/dev/vda2") >= 2
-    blockdev.Probed.forget_all()  # as rescue.open_console does when a console ends
+    Probed.forget_all()  # as rescue.open_console does when a console ends
     run()
     assert probes.count("/dev/vda1") == 2
