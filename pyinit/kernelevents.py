@@ -119,7 +119,7 @@ class Monitor:
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
-            self.sock.settimeout(max(left, 0.0) if left > 0 else 0.0)
+            self.sock.settimeout(max(left, 0.0))  # 0: non-blocking
             try:
                 message, sender = self.sock.recvfrom(MESSAGE_MAX)
             except (TimeoutError, BlockingIOError):
@@ -128,8 +128,6 @@ class Monitor:
                 if err.errno == errno.ENOBUFS:
                     self.overflowed += 1
                     return None
-                if err.errno == errno.EINTR:
-                    continue
                 raise
             if sender[0] != 0:
                 continue  # not from the kernel
